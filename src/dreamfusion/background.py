@@ -1,0 +1,69 @@
+"""What the camera sees where the object is transparent (paper sec. 3.1: an MLP of the ray direction).
+
+`EnvironmentMLP` is the paper's choice. `SolidBackground` paints each training image one random colour (and
+white for validation), which keeps the prior from hiding the object in the background; a common fix for
+objects that "vanish" into a learned environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dreamfusion.field import init_linear
+
+
+@dataclass(frozen=True)
+class BackgroundConfig:
+    kind: str = "mlp"  # "mlp" (the paper) or "solid" (random colour per training image, white otherwise)
+    frequencies: int = 4  # positional-encoding octaves of the ray direction for the MLP
+    hidden_width: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mlp", "solid"):
+            raise ValueError(f"background.kind must be 'mlp' or 'solid', got {self.kind!r}")
+
+
+class Background(nn.Module):
+    def forward(self, directions: Tensor, generator: torch.Generator | None) -> Tensor:
+        """directions (B, H, W, 3) -> colours (B, H, W, 3) in [0, 1]. No generator: a validation render."""
+        raise NotImplementedError
+
+
+class EnvironmentMLP(Background):
+    def __init__(self, config: BackgroundConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        self.frequencies = config.frequencies
+        in_dim = 3 + 6 * config.frequencies
+        self.hidden = nn.Linear(in_dim, config.hidden_width)
+        self.out = nn.Linear(config.hidden_width, 3)
+        init_linear(self.hidden, generator)
+        init_linear(self.out, generator)
+
+    def forward(self, directions: Tensor, generator: torch.Generator | None) -> Tensor:
+        scales = 2.0 ** torch.arange(self.frequencies, device=directions.device) * torch.pi
+        angles = directions[..., None, :] * scales[:, None]  # (..., F, 3)
+        encoded = torch.cat([directions, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
+        return torch.sigmoid(self.out(torch.relu(self.hidden(encoded))))
+
+
+class SolidBackground(Background):
+    def forward(self, directions: Tensor, generator: torch.Generator | None) -> Tensor:
+        batch = directions.shape[0]
+        if generator is None:
+            colour = torch.ones(batch, 3)
+        else:
+            colour = torch.rand(batch, 3, generator=generator)
+        return colour.to(directions.device).view(batch, 1, 1, 3).expand_as(directions)
+
+
+def build_background(config: BackgroundConfig, generator: torch.Generator | None = None) -> Background:
+    match config.kind:
+        case "mlp":
+            return EnvironmentMLP(config, generator)
+        case "solid":
+            return SolidBackground()
+        case _:
+            raise ValueError(f"unknown background kind {config.kind!r}")

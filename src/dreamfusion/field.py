@@ -1,0 +1,205 @@
+"""The 3D scene: density and albedo at every point inside the bounding sphere (paper sec. 3.1).
+
+`Field` is the interface every representation implements. The default is `TriplaneField`, chosen by
+measurement on a 2-core CPU (benchmarks/bench_field.py): three axis-aligned feature planes read with
+`grid_sample`, summed per point, then a small MLP. `HashGridField` (field_hashgrid.py) is the multiresolution
+hash grid GPU users know from Instant-NGP, behind the same interface.
+
+Normals are the negative, normalised gradient of density (paper sec. 3.1). The triplane computes that gradient
+analytically (the derivative of bilinear interpolation, pushed forward through the MLP), so it needs only a
+first-order backward pass; a double backward through `grid_sample` measured 6x slower on this CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Density pre-activations are clamped before exp() so a bad step cannot produce inf (trunc-exp).
+MAX_DENSITY_PREACTIVATION = 15.0
+
+
+@dataclass(frozen=True)
+class FieldOutput:
+    density: Tensor  # (N,) >= 0, per unit length
+    albedo: Tensor  # (N, 3) in [0, 1]
+    normals: Tensor | None  # (N, 3) unit length, outward (-grad density), or None when not asked for
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    kind: str = "triplane"  # "triplane" (CPU default) or "hashgrid"
+    bound: float = 1.4  # radius of the bounding sphere (App. A.2)
+    # "Blob" initialisation (App. A.2): tau_init(x) = lambda (1 - ||x|| / sigma) added to the pre-activation.
+    blob_strength: float = 5.0  # lambda
+    blob_radius: float = 0.2  # sigma
+    # triplane
+    plane_resolution: int = 64
+    plane_channels: int = 16
+    hidden_width: int = 64
+    # hashgrid (field_hashgrid.py)
+    hash_levels: int = 16
+    hash_features_per_level: int = 2
+    hash_log2_table_size: int = 16
+    hash_base_resolution: int = 16
+    hash_max_resolution: int = 1024
+
+
+def blob_preactivation(points: Tensor, strength: float, radius: float) -> Tensor:
+    """tau_init(x) = lambda (1 - ||x|| / sigma), shape (N,). App. A.2."""
+    return strength * (1.0 - points.norm(dim=-1) / radius)
+
+
+def blob_preactivation_gradient(points: Tensor, strength: float, radius: float) -> Tensor:
+    """d tau_init / dx = -lambda / sigma * x / ||x||, shape (N, 3)."""
+    return -(strength / radius) * points / points.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+
+
+def density_activation(preactivation: Tensor) -> Tensor:
+    """exp, with the argument clamped (trunc-exp): density scales over orders of magnitude."""
+    return torch.exp(preactivation.clamp(max=MAX_DENSITY_PREACTIVATION))
+
+
+class Field(nn.Module):
+    """Density and albedo inside a sphere of radius `bound`. Subclasses implement `forward` and `density`."""
+
+    bound: float
+
+    def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:  # points: (N, 3)
+        raise NotImplementedError
+
+    def density(self, points: Tensor) -> Tensor:
+        """(N,) density only; the cheap path for occupancy updates and mesh extraction."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by learning-rate group: "grid" (feature planes, hash tables) and "mlp"."""
+        return {"grid": [], "mlp": list(self.parameters())}
+
+
+class TriplaneField(Field):
+    """Three feature planes (xy, xz, yz), each (C, R, R), summed per point, then a one-hidden-layer MLP that
+    outputs the density pre-activation and albedo logits.
+    """
+
+    PLANE_AXES = ((0, 1), (0, 2), (1, 2))
+
+    def __init__(self, config: FieldConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = config
+        self.bound = config.bound
+        c, r, h = config.plane_channels, config.plane_resolution, config.hidden_width
+        self.planes = nn.Parameter(0.1 * torch.randn(3, c, r, r, generator=generator))
+        self.hidden = nn.Linear(c, h)
+        self.out = nn.Linear(h, 4)  # density pre-activation + 3 albedo logits
+        init_linear(self.hidden, generator)
+        init_linear(self.out, generator)
+
+    # -- features -----------------------------------------------------------------------------------------
+    def _grid(self, points: Tensor) -> Tensor:
+        """(3, 1, N, 2) normalised plane coordinates for grid_sample (x indexes width, y height)."""
+        u = points / self.bound
+        return torch.stack([u[:, list(axes)] for axes in self.PLANE_AXES]).unsqueeze(1)
+
+    def _features(self, points: Tensor) -> Tensor:
+        sampled = F.grid_sample(self.planes, self._grid(points), mode="bilinear", align_corners=True)
+        return sampled.sum(0)[:, 0].transpose(0, 1)  # (N, C)
+
+    def _feature_jacobian(self, points: Tensor) -> Tensor:
+        """d features / d points, (N, 3, C), exact for bilinear interpolation.
+
+        Along one plane axis the bilinear interpolant is linear inside a cell, so its derivative is the
+        difference of neighbouring texels (times texels per unit length), interpolated along the other axis.
+        That is a grid_sample of the difference plane at the cell's left node: first-order differentiable
+        in the planes, no double backward needed. All six difference planes go through one grid_sample.
+        """
+        r = self.config.plane_resolution
+        u = (points / self.bound).detach()
+        # Cell index along each axis, and the coordinate of its left node on an r-texel grid.
+        cell = ((u + 1) * 0.5 * (r - 1)).floor().clamp(0, r - 2)
+        node = cell / (r - 1) * 2 - 1
+        planes = self.planes
+        diff_w = F.pad(
+            planes[:, :, :, 1:] - planes[:, :, :, :-1], (0, 1)
+        )  # d/d(first axis), zero last column
+        diff_h = F.pad(planes[:, :, 1:, :] - planes[:, :, :-1, :], (0, 0, 0, 1))  # d/d(second axis)
+        grids, axes = [], []
+        for a, b in self.PLANE_AXES:
+            grids.append(torch.stack([node[:, a], u[:, b]], -1))  # derivative along a: snap a, lerp b
+            grids.append(torch.stack([u[:, a], node[:, b]], -1))  # derivative along b: lerp a, snap b
+            axes += [a, b]
+        diffs = torch.stack([d for p in range(3) for d in (diff_w[p], diff_h[p])])  # (6, C, r, r)
+        sampled = F.grid_sample(diffs, torch.stack(grids).unsqueeze(1), mode="bilinear", align_corners=True)
+        per_plane = sampled[:, :, 0].permute(0, 2, 1)  # (6, N, C)
+        scale = (r - 1) / (2.0 * self.bound)  # texels per unit length
+        jac = torch.stack(
+            [sum(per_plane[i] for i in range(6) if axes[i] == axis) for axis in range(3)], 1
+        )  # (N, 3, C)
+        return jac * scale
+
+    # -- public -------------------------------------------------------------------------------------------
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"grid": [self.planes], "mlp": [*self.hidden.parameters(), *self.out.parameters()]}
+
+    def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
+        feats = self._features(points)
+        pre_hidden = self.hidden(feats)
+        hidden = F.silu(pre_hidden)
+        out = self.out(hidden)
+        cfg = self.config
+        pre_density = out[:, 0] + blob_preactivation(points, cfg.blob_strength, cfg.blob_radius)
+        density = density_activation(pre_density)
+        albedo = torch.sigmoid(out[:, 1:])
+        normals = None
+        if with_normals:
+            # Push d features / dx forward through the MLP (a Jacobian-vector product per axis).
+            d_hidden = self._feature_jacobian(points) @ self.hidden.weight.T  # (N, 3, H)
+            sig = torch.sigmoid(pre_hidden)
+            silu_slope = sig * (1 + pre_hidden * (1 - sig))  # d silu(h) / dh
+            d_pre = (d_hidden * silu_slope[:, None, :]) @ self.out.weight[0]  # (N, 3)
+            d_pre = d_pre + blob_preactivation_gradient(points, cfg.blob_strength, cfg.blob_radius)
+            # exp is monotone, so grad(density) points along grad(pre-activation).
+            normals = -F.normalize(d_pre, dim=-1, eps=1e-12)
+        return FieldOutput(density=density, albedo=albedo, normals=normals)
+
+    def density(self, points: Tensor) -> Tensor:
+        out = self.out(F.silu(self.hidden(self._features(points))))
+        cfg = self.config
+        return density_activation(out[:, 0] + blob_preactivation(points, cfg.blob_strength, cfg.blob_radius))
+
+
+def init_linear(layer: nn.Linear, generator: torch.Generator | None) -> None:
+    """Kaiming-uniform like nn.Linear's default, but drawn from an explicit generator."""
+    bound = 1.0 / math.sqrt(layer.in_features)
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        layer.bias.uniform_(-bound, bound, generator=generator)
+
+
+def autograd_normals(density_fn, points: Tensor) -> Tensor:
+    """-normalize(grad density) by autograd with create_graph=True (double backward in training).
+
+    The generic path for fields without an analytic gradient (the hash grid); slower than the triplane's.
+    """
+    training = torch.is_grad_enabled()
+    with torch.enable_grad():
+        x = points.detach().requires_grad_(True)
+        sigma = density_fn(x)
+        (grad,) = torch.autograd.grad(sigma.sum(), x, create_graph=training)
+    return -F.normalize(grad, dim=-1, eps=1e-12)
+
+
+def build_field(config: FieldConfig, generator: torch.Generator | None = None) -> Field:
+    match config.kind:
+        case "triplane":
+            return TriplaneField(config, generator)
+        case "hashgrid":
+            from dreamfusion.field_hashgrid import HashGridField
+
+            return HashGridField(config, generator)
+        case _:
+            raise ValueError(f"unknown field kind {config.kind!r}")

@@ -1,0 +1,84 @@
+"""Guidance backends, chosen by `GuidanceConfig.kind` in one place (`build_guidance`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dreamfusion.device import prior_dtype
+from dreamfusion.guidance.base import Guidance, SDSConfig
+from dreamfusion.lights import LightConfig
+from dreamfusion.sampling import SamplingConfig
+
+# What `--guidance KIND` loads when no `--model` is given.
+DEFAULT_MODELS = {
+    "pixel": "DeepFloyd/IF-I-XL-v1.0",  # pixel-space, 64x64: the closest open model to the paper's Imagen
+    "stable-diffusion": "stabilityai/stable-diffusion-2-1-base",  # what stable-dreamfusion defaults to
+}
+KINDS = ("pixel", "stable-diffusion", "target")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    kind: str = "pixel"
+    model: str | None = None  # hub id or local folder; None takes DEFAULT_MODELS[kind]
+    sds: SDSConfig = field(default_factory=SDSConfig)
+    precision: str = "auto"  # "auto" = fp16 on CUDA, fp32 on CPU (device.py)
+    attention_slicing: bool = False  # lower peak memory on small GPUs, slower
+    cpu_offload: bool = False  # keep the prior's modules on the CPU between uses (CUDA only)
+    target_shape: str = "sphere"  # for kind "target": the known object to reconstruct
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"guidance.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.sds.guidance_scale < 0:
+            raise ValueError("guidance.sds.guidance_scale must be >= 0")
+
+    def model_id(self) -> str | None:
+        return self.model or DEFAULT_MODELS.get(self.kind)
+
+
+def build_guidance(
+    config: GuidanceConfig,
+    device: torch.device,
+    seed: int,
+    sampling: SamplingConfig,
+    light: LightConfig,
+    resolution: int,
+) -> Guidance:
+    """Build the guidance named by `config.kind`. Loading a diffusion prior can raise UserError (missing
+    weights, bad folder) with a one-line message. The target guidance renders with the run's sampling and
+    light settings at the run's resolution."""
+    dtype = prior_dtype(device, config.precision)
+    match config.kind:
+        case "stable-diffusion":
+            from dreamfusion.guidance.stable_diffusion import StableDiffusionGuidance
+
+            return StableDiffusionGuidance(
+                config.model_id(),
+                config.sds,
+                device,
+                dtype,
+                seed,
+                config.attention_slicing,
+                config.cpu_offload,
+            )
+        case "pixel":
+            from dreamfusion.guidance.pixel_diffusion import PixelDiffusionGuidance
+
+            return PixelDiffusionGuidance(
+                config.model_id(),
+                config.sds,
+                device,
+                dtype,
+                seed,
+                config.attention_slicing,
+                config.cpu_offload,
+            )
+        case "target":
+            from dreamfusion.guidance.target import TargetGuidance
+
+            return TargetGuidance(config.target_shape, sampling, light.ambient, light.diffuse, resolution)
+        case _:
+            raise ValueError(f"unknown guidance kind {config.kind!r}")

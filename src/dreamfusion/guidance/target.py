@@ -1,0 +1,64 @@
+"""A guidance with a known answer: pull each render toward the true render of a known object.
+
+It is not a text-to-image prior. It exists to prove that cameras, renderer, gradients and optimiser work
+together before any learned prior is involved (the issue's acceptance test, and `--guidance target` for a
+quick look). The text is ignored. The gradient is that of 0.5 * ||render - target||^2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from dreamfusion.guidance.base import GuidanceOutput, TextEmbeddings, ViewBatch
+from dreamfusion.renderer import render
+from dreamfusion.sampling import SamplingConfig
+from dreamfusion.shapes import AnalyticField
+
+
+class TargetGuidance:
+    def __init__(self, shape: str, sampling: SamplingConfig, ambient: float, diffuse: float, image_size: int):
+        self.target = AnalyticField(shape)
+        self.sampling = sampling
+        self.ambient = ambient
+        self.diffuse = diffuse
+        self.image_size = image_size
+        self.shape = shape
+
+    def cache_key(self) -> str:
+        return f"target:{self.shape}"
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        return torch.zeros(len(texts), 1, 1)  # the text plays no part
+
+    def target_images(self, views: ViewBatch) -> Tensor:
+        """(B, 3, H, W) renders of the known object from the given views."""
+        with torch.no_grad():
+            out = render(
+                self.target,
+                views.cameras,
+                lambda _: views.background,
+                views.lights,
+                views.modes,
+                self.sampling,
+                self.ambient,
+                self.diffuse,
+                with_normals=True,
+            )
+        return out.image.permute(0, 3, 1, 2)
+
+    def __call__(self, images: Tensor, text: TextEmbeddings, step: int, views: ViewBatch) -> GuidanceOutput:
+        grad = (images.detach() - self.target_images(views)).contiguous()
+        return GuidanceOutput(
+            image_grad=grad,
+            timesteps=torch.zeros(images.shape[0], dtype=torch.long),
+            grad_norm=float(grad.norm()),
+        )
+
+    def rng_state(self) -> Tensor:
+        return torch.zeros(0, dtype=torch.uint8)
+
+    def set_rng_state(self, state: Tensor) -> None:
+        pass

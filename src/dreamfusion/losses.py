@@ -1,0 +1,36 @@
+"""Regularisers on the rendered weights and normals (App. A.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    # Orientation loss (Ref-NeRF), weight 1e-2, ramped up from 1e-4 over the first 5,000 of 15,000 steps.
+    orientation_weight: float = 1e-2
+    orientation_weight_start: float = 1e-4
+    orientation_ramp_fraction: float = 5000 / 15000
+    # Opacity loss sqrt((sum_i w_i)^2 + 0.01) per ray; the paper's useful range is 1e-3 .. 5e-3.
+    opacity_weight: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if min(self.orientation_weight, self.orientation_weight_start, self.opacity_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+
+
+def orientation_loss(weights: Tensor, sample_normals: Tensor, directions: Tensor) -> Tensor:
+    """Mean over rays of sum_i stopgrad(w_i) max(0, n_i . d)^2 (Ref-NeRF eq. 10, App. A.2).
+
+    Penalises normals that face away from the camera at points the camera sees.
+    weights (..., S), sample_normals (..., S, 3), directions (..., 3).
+    """
+    facing_away = (sample_normals * directions.unsqueeze(-2)).sum(-1).clamp_min(0.0)
+    return (weights.detach() * facing_away.square()).sum(-1).mean()
+
+
+def opacity_loss(opacity: Tensor) -> Tensor:
+    """Mean over rays of sqrt(opacity^2 + 0.01): pushes unneeded density to zero (App. A.2)."""
+    return (opacity.square() + 0.01).sqrt().mean()

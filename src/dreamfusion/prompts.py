@@ -1,0 +1,144 @@
+"""View-dependent prompts (paper sec. 3.2) and a disk cache of text embeddings.
+
+Each camera gets a view word from its nominal angles: "overhead" above 60 deg elevation, otherwise
+"front", "side" or "back" by azimuth (azimuth 0 sees the object's front; see cameras.py). The word is
+appended to the prompt: "a red mug, front view". Optionally the embeddings of neighbouring views are
+interpolated by azimuth instead of switching at the boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from dreamfusion.cameras import Cameras
+from dreamfusion.errors import UserError
+from dreamfusion.guidance.base import Guidance, TextEmbeddings
+
+log = logging.getLogger("dreamfusion")
+
+VIEWS = ("front", "side", "back", "overhead")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    text: str = ""  # the user's prompt
+    negative: str = ""  # the unconditional text of classifier-free guidance
+    view_dependent: bool = True  # sec. 3.2; the Fig. 6 ablation turns it off
+    overhead_above_deg: float = 60.0  # "overhead view" above this elevation
+    front_half_width_deg: float = 45.0  # front is azimuth within +-45 deg, back within +-45 deg of 180
+    interpolate: bool = False  # blend front/side/back embeddings by azimuth instead of switching
+
+
+def view_word(elevation_deg: float, azimuth_deg: float, config: PromptConfig) -> str:
+    """The view word for one camera. Boundaries: exactly 60 deg elevation is not overhead; an azimuth exactly
+    `front_half_width_deg` from the front is already a side view."""
+    if elevation_deg > config.overhead_above_deg:
+        return "overhead"
+    az = azimuth_deg % 360.0
+    from_front = min(az, 360.0 - az)  # angular distance to azimuth 0, in [0, 180]
+    if from_front < config.front_half_width_deg:
+        return "front"
+    if from_front > 180.0 - config.front_half_width_deg:
+        return "back"
+    return "side"
+
+
+def with_view(prompt: str, view: str) -> str:
+    return f"{prompt}, {view} view"
+
+
+def validate_prompt(prompt: str) -> str:
+    cleaned = " ".join(prompt.split())
+    if not cleaned:
+        raise UserError('the prompt is empty: describe the object, e.g. dreamfusion generate "a red mug"')
+    return cleaned
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("DREAMFUSION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dreamfusion"
+    )
+    return Path(root) / "text_embeddings"
+
+
+def cached_text_embeddings(guidance: Guidance, texts: Sequence[str], cache_dir: Path | None) -> Tensor:
+    """(N, L, D) embeddings, computed once per (model, text) and kept on disk as safetensors.
+
+    A cache that cannot be written (read-only home, say) only costs recomputation: it is never an error.
+    """
+    if cache_dir is None:
+        return guidance.encode_text(list(texts))
+    key_prefix = guidance.cache_key()
+    paths = [
+        cache_dir / (hashlib.sha256(f"{key_prefix}\0{t}".encode()).hexdigest() + ".safetensors")
+        for t in texts
+    ]
+    rows: list[Tensor | None] = []
+    missing: list[int] = []
+    for i, path in enumerate(paths):
+        try:
+            rows.append(load_file(path)["embedding"])
+        except Exception:  # absent, corrupt or unreadable: recompute
+            rows.append(None)
+            missing.append(i)
+    if missing:
+        fresh = guidance.encode_text([texts[i] for i in missing])
+        for row, i in zip(fresh, missing, strict=True):
+            rows[i] = row.detach().to("cpu")
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp = paths[i].with_suffix(f".tmp{os.getpid()}")
+                save_file({"embedding": rows[i].contiguous()}, str(tmp))
+                os.replace(tmp, paths[i])
+            except OSError as exc:
+                log.debug("text-embedding cache not written: %s", exc)
+    return torch.stack([r for r in rows if r is not None])
+
+
+class PromptEmbeddings:
+    """Embeddings of the prompt with each view word, and of the negative prompt, computed once."""
+
+    def __init__(self, config: PromptConfig, guidance: Guidance, cache_dir: Path | None):
+        self.prompt = validate_prompt(config.text)
+        self.config = config
+        texts = [with_view(self.prompt, v) for v in VIEWS] if config.view_dependent else [self.prompt]
+        embeddings = cached_text_embeddings(guidance, texts + [config.negative], cache_dir)
+        self.views = embeddings[:-1]  # (4 or 1, L, D)
+        self.negative = embeddings[-1]  # (L, D)
+
+    def for_cameras(self, cameras: Cameras, device: torch.device, dtype: torch.dtype) -> TextEmbeddings:
+        rows = [
+            self._embedding(float(e), float(a))
+            for e, a in zip(cameras.elevation_deg, cameras.azimuth_deg, strict=True)
+        ]
+        cond = torch.stack(rows).to(device=device, dtype=dtype)
+        uncond = self.negative.expand_as(cond).to(device=device, dtype=dtype)
+        return TextEmbeddings(cond=cond, uncond=uncond)
+
+    def words(self, cameras: Cameras) -> list[str]:
+        return [
+            view_word(float(e), float(a), self.config)
+            for e, a in zip(cameras.elevation_deg, cameras.azimuth_deg, strict=True)
+        ]
+
+    def _embedding(self, elevation_deg: float, azimuth_deg: float) -> Tensor:
+        if not self.config.view_dependent:
+            return self.views[0]
+        word = view_word(elevation_deg, azimuth_deg, self.config)
+        if word == "overhead" or not self.config.interpolate:
+            return self.views[VIEWS.index(word)]
+        # Blend by azimuth: front at 0 deg, side at 90 deg, back at 180 deg (both sides share "side").
+        from_front = min(azimuth_deg % 360.0, 360.0 - azimuth_deg % 360.0)
+        front, side, back = self.views[0], self.views[1], self.views[2]
+        if from_front <= 90.0:
+            return torch.lerp(front, side, from_front / 90.0)
+        return torch.lerp(side, back, (from_front - 90.0) / 90.0)

@@ -1,0 +1,96 @@
+"""Camera rays -> field samples -> shaded, composited images (paper sec. 3.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamfusion.cameras import Cameras
+from dreamfusion.field import Field
+from dreamfusion.rays import camera_rays
+from dreamfusion.sampling import OccupancyGrid, SamplingConfig, stratified_samples
+from dreamfusion.shading import shade
+from dreamfusion.volume_rendering import composite, compositing_weights
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    image: Tensor  # (B, H, W, 3) shaded colour over the background
+    opacity: Tensor  # (B, H, W) accumulated alpha
+    depth: Tensor  # (B, H, W) expected distance along the ray, normalised by opacity
+    normals: Tensor | None  # (B, H, W, 3) composited world-space normals (None when not computed)
+    weights: Tensor  # (B, H, W, S) compositing weights per sample (for the regularisers)
+    sample_normals: Tensor | None  # (B, H, W, S, 3) per-sample normals (zero where skipped)
+    directions: Tensor  # (B, H, W, 3) unit ray directions
+    background: Tensor  # (B, H, W, 3) the background behind the object
+
+
+def render(
+    field: Field,
+    cameras: Cameras,
+    background: Callable[[Tensor], Tensor],
+    lights: Tensor,
+    modes: Tensor,
+    sampling: SamplingConfig,
+    ambient: float,
+    diffuse: float,
+    with_normals: bool,
+    occupancy: OccupancyGrid | None = None,
+    generator: torch.Generator | None = None,
+) -> RenderOutput:
+    """Render B images. background maps ray directions (B, H, W, 3) to colours (B, H, W, 3);
+    lights: (B, 3) positions; modes: (B,) ShadingMode.
+
+    Samples in cells the occupancy grid marks empty are never evaluated: they have zero density.
+    `generator` jitters the samples (training); None renders deterministically (validation, video).
+    """
+    b, h, w = cameras.batch_size, cameras.height, cameras.width
+    device = cameras.c2w.device
+    rays = camera_rays(cameras)
+    background_image = background(rays.directions)
+    samples = stratified_samples(rays, field.bound, sampling, generator)
+    r, s = samples.deltas.shape
+    flat_points = samples.points.reshape(-1, 3)
+    active = samples.deltas.reshape(-1) > 0
+    if occupancy is not None:
+        active = active & occupancy.lookup(flat_points)
+    idx = active.nonzero().squeeze(-1)
+    out = field(flat_points[idx], with_normals=with_normals)
+
+    pixel_of_sample = torch.arange(b, device=device).repeat_interleave(h * w * s)[idx]
+    colour = shade(
+        out.albedo,
+        out.normals,
+        flat_points[idx],
+        lights.to(device)[pixel_of_sample],
+        modes.to(device)[pixel_of_sample],
+        ambient,
+        diffuse,
+    )
+    density = flat_points.new_zeros(r * s).index_put((idx,), out.density).view(r, s)
+    colours = flat_points.new_zeros(r * s, 3).index_put((idx,), colour).view(r, s, 3)
+    weights = compositing_weights(density, samples.deltas)
+    opacity = weights.sum(-1)
+    rgb = composite(weights, colours) + (1.0 - opacity)[:, None] * background_image.reshape(-1, 3)
+    depth = (weights * samples.distances).sum(-1) / opacity.clamp_min(1e-6)
+
+    sample_normals = normals = None
+    if out.normals is not None:
+        sample_normals = flat_points.new_zeros(r * s, 3).index_put((idx,), out.normals).view(r, s, 3)
+        normals = F.normalize(composite(weights, sample_normals), dim=-1, eps=1e-6)
+        sample_normals = sample_normals.view(b, h, w, s, 3)
+        normals = normals.view(b, h, w, 3)
+    return RenderOutput(
+        image=rgb.view(b, h, w, 3),
+        opacity=opacity.view(b, h, w),
+        depth=depth.view(b, h, w),
+        normals=normals,
+        weights=weights.view(b, h, w, s),
+        sample_normals=sample_normals,
+        directions=rays.directions,
+        background=background_image,
+    )

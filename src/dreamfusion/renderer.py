@@ -61,13 +61,13 @@ def render(
     idx = active.nonzero().squeeze(-1)
     out = field(flat_points[idx], with_normals=with_normals)
 
-    pixel_of_sample = torch.arange(b, device=device).repeat_interleave(h * w * s)[idx]
+    image_of_sample = idx // (h * w * s)
     colour = shade(
         out.albedo,
         out.normals,
         flat_points[idx],
-        lights.to(device)[pixel_of_sample],
-        modes.to(device)[pixel_of_sample],
+        lights.to(device)[image_of_sample],
+        modes.to(device)[image_of_sample],
         ambient,
         diffuse,
     )

@@ -15,6 +15,7 @@ from torch import Tensor
 from dreamfusion.guidance.base import GuidanceOutput, TextEmbeddings, ViewBatch
 from dreamfusion.renderer import render
 from dreamfusion.sampling import SamplingConfig
+from dreamfusion.shading import ShadingMode
 from dreamfusion.shapes import AnalyticField
 
 
@@ -45,7 +46,7 @@ class TargetGuidance:
                 self.sampling,
                 self.ambient,
                 self.diffuse,
-                with_normals=True,
+                with_normals=bool((views.modes != ShadingMode.ALBEDO).any()),
             )
         return out.image.permute(0, 3, 1, 2)
 

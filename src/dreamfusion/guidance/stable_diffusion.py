@@ -1,0 +1,142 @@
+"""Score distillation from a latent diffusion prior (Stable Diffusion 1.x / 2.x, or any folder in its layout).
+
+The paper used Imagen, a pixel-space model; the open re-implementations use Stable Diffusion instead, which
+denoises VAE latents. Following them, the render is upsampled to the VAE's resolution (512 for SD 1.5 and
+2.1-base), encoded with gradient, and SDS (paper eq. 3) is applied to the latents. The latent gradient is then
+pulled back through the encoder, so the trainer still receives d(loss)/d(image) in pixel space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import Tensor
+
+from dreamfusion.errors import UserError
+from dreamfusion.guidance.base import (
+    GuidanceOutput,
+    NoisePrediction,
+    ScoreDistillation,
+    SDSConfig,
+    TextEmbeddings,
+    ViewBatch,
+    pull_back,
+)
+from dreamfusion.guidance.hub import (
+    PromptEncoder,
+    epsilon_from_output,
+    freeze,
+    on_device,
+    per_image,
+    resolve_model,
+    scheduler_alphas,
+    square_size,
+    unet_config,
+)
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class StableDiffusionGuidance:
+    """SDS with a latent UNet2DConditionModel, an AutoencoderKL and a CLIP-family text encoder."""
+
+    def __init__(
+        self,
+        model: str,
+        sds: SDSConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        seed: int,
+        attention_slicing: bool = False,
+        cpu_offload: bool = False,
+    ):
+        folder = resolve_model(model, COMPONENTS)
+        # SD 1.x / 2.x condition on the text states alone (SDXL's pooled text and size ids are not provided).
+        config = unet_config(folder, text_only=(None,))
+        found = folder.component_class("vae")
+        if found != "AutoencoderKL":
+            raise UserError(f"model {model!r}: vae is a {found}, this backend needs an AutoencoderKL")
+        # Offloading only pays where the accelerator's memory is the limit; on the CPU it would only copy.
+        self.offload = cpu_offload and device.type == "cuda"
+        home = torch.device("cpu") if self.offload else device
+        unet = UNet2DConditionModel.from_pretrained(folder.path, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder.path, subfolder="vae", torch_dtype=dtype)
+        self.unet: UNet2DConditionModel = freeze(unet).to(home)
+        self.vae: AutoencoderKL = freeze(vae).to(home)
+        if config["in_channels"] != self.vae.config.latent_channels:
+            raise UserError(
+                f"model {model!r}: the U-Net takes {config['in_channels']} channels, the VAE makes "
+                f"{self.vae.config.latent_channels}"
+            )
+        if attention_slicing:
+            # Computes attention a head-slice at a time: less peak memory at 512 px, a little slower.
+            self.unet.set_attention_slice("auto")
+        self.text = PromptEncoder(folder, device, dtype, self.offload)
+        alphas_cumprod, self.prediction_type = scheduler_alphas(folder)
+        self.alphas_cumprod = alphas_cumprod.to(device)
+        self.device = device
+        self.dtype = dtype
+        vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_size = square_size(config["sample_size"], model) * vae_scale
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.sds = ScoreDistillation(sds, self.alphas_cumprod, self.generator)
+
+    def cache_key(self) -> str:
+        return self.text.key
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        return self.text(texts)
+
+    def __call__(
+        self, images: Tensor, text: TextEmbeddings, step: int, views: ViewBatch | None = None
+    ) -> GuidanceOutput:
+        """`views` is unused: a text-to-image prior does not see the cameras."""
+        # A leaf of our own: the encoder's graph stays separate from the renderer's and is freed on return.
+        leaf = images.detach().requires_grad_(True)
+        # With offloading the VAE stays on the device until the pull-back is done: moving a module swaps its
+        # parameters' storage in place, under the autograd graph that still refers to them.
+        with torch.enable_grad(), on_device(self.vae, self.device, self.offload):
+            latents = self._encode(leaf)
+            with on_device(self.unet, self.device, self.offload):
+                latent_grad, t = self.sds.gradient(latents, self._predict_noise, text, step)
+            image_grad = pull_back(latents, leaf, latent_grad).to(images.dtype)
+        return GuidanceOutput(image_grad=image_grad, timesteps=t, grad_norm=float(image_grad.norm()))
+
+    def rng_state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: Tensor) -> None:
+        self.generator.set_state(state.cpu())
+
+    def _encode(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, 4, h, w) float32 latents, differentiable.
+
+        The posterior mean rather than a sample: the sampling noise would only add variance to the gradient
+        (the VAE's posterior is nearly deterministic anyway)."""
+        size = self.image_size
+        resized = F.interpolate(
+            images, size=(size, size), mode="bilinear", align_corners=False, antialias=images.shape[-1] > size
+        )
+        pixels = (resized * 2.0 - 1.0).to(self.device, self.dtype)
+        mean = self.vae.encode(pixels).latent_dist.mean
+        shift = self.vae.config.shift_factor or 0.0
+        # SDS runs in float32 (alphabar_t near 1 loses its digits in fp16); the U-Net gets its own dtype.
+        return ((mean - shift) * self.vae.config.scaling_factor).float()
+
+    def _predict_noise(self, z_t: Tensor, t: Tensor, text: TextEmbeddings) -> NoisePrediction:
+        batch = z_t.shape[0]
+        states = torch.cat([per_image(text.cond, batch), per_image(text.uncond, batch)])
+        # Both CFG halves in one U-Net call (a batch of 2B), then split back by name.
+        output = self.unet(
+            torch.cat([z_t, z_t]).to(self.dtype),
+            torch.cat([t, t]),
+            encoder_hidden_states=states.to(self.device, self.dtype),
+        ).sample.float()
+        abar = self.alphas_cumprod[t].repeat(2)
+        eps = epsilon_from_output(output, torch.cat([z_t, z_t]), abar, self.prediction_type)
+        cond, uncond = eps.chunk(2)
+        return NoisePrediction(cond=cond, uncond=uncond)

@@ -1,0 +1,62 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dreamfusion.cameras import orbit_cameras
+from dreamfusion.config import apply_overrides
+from dreamfusion.guidance import build_guidance
+from dreamfusion.lights import LightConfig
+from dreamfusion.renderer import render
+from dreamfusion.sampling import SamplingConfig
+from dreamfusion.shading import ShadingMode
+from dreamfusion.trainer import Config, Trainer
+
+CPU = torch.device("cpu")
+
+
+def target_config(shape: str = "sphere", steps: int = 40, resolution: int = 32, *extra: str) -> Config:
+    """A small run with the target guidance: cheap enough for a unit test."""
+    overrides = [
+        "guidance.kind=target",
+        f"guidance.target_shape={shape}",
+        f"train.steps={steps}",
+        f"train.resolution={resolution}",
+        "train.checkpoint_every=10",
+        "train.validation_every=1000",
+        "sampling.samples_per_ray=32",
+        "sampling.occupancy_resolution=24",
+        "optim.warmup_fraction=0.05",
+        "shading.albedo_warmup_fraction=0.1",
+        "loss.orientation_ramp_fraction=0.1",
+        "background.kind=solid",
+        "prompt.text=a known object",
+        *extra,
+    ]
+    return apply_overrides(Config(), overrides)
+
+
+def make_trainer(config: Config, run_dir: Path) -> Trainer:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    guidance = build_guidance(config.guidance, CPU, 0, config.sampling, config.light, config.train.resolution)
+    return Trainer(config, run_dir, guidance, CPU, None)
+
+
+def silhouettes(field, resolution: int = 48, views: int = 8) -> torch.Tensor:
+    """(V, H, W) opacity from `views` azimuths at 30 deg elevation, white background, no shading."""
+    cameras = orbit_cameras(views, resolution)
+    with torch.no_grad():
+        out = render(
+            field, cameras, lambda d: torch.ones_like(d), cameras.position,
+            torch.full((views,), int(ShadingMode.ALBEDO)), SamplingConfig(samples_per_ray=96),
+            LightConfig().ambient, LightConfig().diffuse, with_normals=False,
+        )
+    return out.opacity
+
+
+def silhouette_iou(a: torch.Tensor, b: torch.Tensor, threshold: float = 0.5) -> float:
+    ma, mb = a > threshold, b > threshold
+    return float((ma & mb).sum() / (ma | mb).sum().clamp_min(1))

@@ -50,9 +50,15 @@ def silhouettes(field, resolution: int = 48, views: int = 8) -> torch.Tensor:
     cameras = orbit_cameras(views, resolution)
     with torch.no_grad():
         out = render(
-            field, cameras, lambda d: torch.ones_like(d), cameras.position,
-            torch.full((views,), int(ShadingMode.ALBEDO)), SamplingConfig(samples_per_ray=96),
-            LightConfig().ambient, LightConfig().diffuse, with_normals=False,
+            field,
+            cameras,
+            lambda d: torch.ones_like(d),
+            cameras.position,
+            torch.full((views,), int(ShadingMode.ALBEDO)),
+            SamplingConfig(samples_per_ray=96),
+            LightConfig().ambient,
+            LightConfig().diffuse,
+            with_normals=False,
         )
     return out.opacity
 

@@ -60,9 +60,10 @@ def shape_geometry(name: str, points: Tensor) -> ShapeGeometry:
 
 
 class AnalyticField(Field):
-    """Density sharpness / (1 + exp(sdf / softness)): nearly constant inside, nearly zero outside."""
+    """Density `sharpness` deeper than `softness` inside, a linear ramp up to it, zero outside: no density
+    leaks outside the shape, so silhouettes have the true size."""
 
-    def __init__(self, shape: str, bound: float = 1.4, sharpness: float = 200.0, softness: float = 0.01):
+    def __init__(self, shape: str, bound: float = 1.4, sharpness: float = 200.0, softness: float = 0.02):
         super().__init__()
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
@@ -71,12 +72,15 @@ class AnalyticField(Field):
         self.sharpness = sharpness
         self.softness = softness
 
+    def _density(self, sdf: Tensor) -> Tensor:
+        return self.sharpness * (-sdf / self.softness).clamp(0.0, 1.0)
+
     def density(self, points: Tensor) -> Tensor:
-        return self.sharpness * torch.sigmoid(-shape_geometry(self.shape, points).sdf / self.softness)
+        return self._density(shape_geometry(self.shape, points).sdf)
 
     def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
         geometry = shape_geometry(self.shape, points)
-        density = self.sharpness * torch.sigmoid(-geometry.sdf / self.softness)
+        density = self._density(geometry.sdf)
         normals = None
         if with_normals:
             with torch.no_grad():

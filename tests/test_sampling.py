@@ -1,0 +1,31 @@
+import torch
+
+from dreamfusion.cameras import orbit_cameras
+from dreamfusion.rays import camera_rays
+from dreamfusion.sampling import OccupancyGrid, SamplingConfig, stratified_samples
+
+
+def test_samples_lie_inside_the_sphere_and_cover_the_chord():
+    cams = orbit_cameras(2, 16, distance=3.0)
+    samples = stratified_samples(camera_rays(cams), 1.4, SamplingConfig(samples_per_ray=32), None)
+    hit = samples.deltas[:, 0] > 0
+    assert hit.any() and (~hit).any()  # corner rays of a distant camera miss the sphere
+    assert samples.points[hit].norm(dim=-1).max() <= 1.4 + 1e-5
+    assert torch.all(samples.distances[hit][:, 1:] > samples.distances[hit][:, :-1])
+
+
+def test_occupancy_grid_marks_a_blob_and_skips_empty_space():
+    grid = OccupancyGrid(16, 1.4)
+
+    def density(p):
+        return torch.where(p.norm(dim=-1) < 0.3, torch.tensor(100.0), torch.tensor(0.0))
+
+    grid.update(density, step_size=0.05, decay=0.95, threshold=0.01)
+    assert 0 < grid.occupied_fraction < 0.1
+    inside = grid.lookup(torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0]]))
+    outside = grid.lookup(torch.tensor([[1.2, 1.2, 1.2], [-1.0, 0.0, 0.5], [5.0, 0.0, 0.0]]))
+    assert inside.all() and not outside.any()
+    # the running maximum decays, so a cell can become empty again
+    for _ in range(200):
+        grid.update(lambda p: torch.zeros(p.shape[0]), step_size=0.05, decay=0.95, threshold=0.01)
+    assert grid.occupied_fraction == 0.0

@@ -1,0 +1,18 @@
+import math
+
+from dreamfusion.schedules import LinearRamp, WarmupCosine
+
+
+def test_warmup_cosine_matches_the_paper_shape():
+    s = WarmupCosine(total_steps=15000)  # warm-up 1e-9 -> 1e-4 over 3,000 steps, cosine to 1e-6
+    peak = 1e-4
+    assert math.isclose(s(0) * peak, 1e-9, rel_tol=1e-6)
+    assert math.isclose(s(3000) * peak, 1e-4, rel_tol=1e-6)
+    assert math.isclose(s(15000) * peak, 1e-6, rel_tol=1e-6)
+    assert s(1500) < s(2999) and s(4000) > s(9000) > s(14000)
+
+
+def test_linear_ramp():
+    r = LinearRamp(total_steps=100, start=1e-4, end=1e-2, fraction=0.5)
+    assert r(0) == 1e-4 and r(50) == 1e-2 and r(99) == 1e-2
+    assert math.isclose(r(25), (1e-4 + 1e-2) / 2)

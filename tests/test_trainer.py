@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
-from helpers import make_trainer, silhouette_iou, silhouettes, target_config
 
 from dreamfusion.shapes import AnalyticField
 from dreamfusion.trainer import load_latest
+from helpers import make_trainer, silhouette_iou, silhouettes, target_config
 
 
 def _stop_at(trainer, step):

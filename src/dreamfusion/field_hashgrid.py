@@ -2,8 +2,8 @@
 
 This is the representation GPU users of stable-dreamfusion and threestudio know; no CUDA extension is needed,
 so the same code runs on a CPU and on CUDA. Each of L levels is a grid of resolution R_l (geometric from
-`hash_base_resolution` to `hash_max_resolution`). A point's feature at a level is the trilinear interpolation of
-the 8 surrounding vertices' F-vectors, read from that level's table of T = 2^hash_log2_table_size entries:
+`hash_base_resolution` to `hash_max_resolution`). A point's feature at a level is the trilinear interpolation
+of the 8 surrounding vertices' F-vectors, read from that level's table of T = 2^hash_log2_table_size entries:
 - coarse levels whose grid fits the table are indexed densely (no collisions),
 - finer levels hash the vertex: (x * 1) xor (y * 2654435761) xor (z * 805459861) mod T (Instant-NGP sec. 3).
 The L*F features go through a one-hidden-layer MLP to the density pre-activation (plus the App. A.2 blob)
@@ -26,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from dreamfusion.field import (
     Field,
@@ -54,9 +55,9 @@ def level_resolutions(levels: int, base: int, finest: int) -> list[int]:
 def level_multipliers(resolutions: list[int], log2_table_size: int) -> Tensor:
     """(3, L) integer multipliers m such that a vertex's slot is (x m_x) xor (y m_y) xor (z m_z) mod T.
 
-    Dense levels use m = (1, 2^b, 2^2b) with 2^b >= R + 1 vertices per axis: the three products occupy disjoint
-    bit ranges, so xor equals the sum and the slot is a plain row-major index with power-of-two strides. That
-    lets dense and hashed levels share one code path. A level is dense when 2^3b <= T.
+    Dense levels use m = (1, 2^b, 2^2b) with 2^b >= R + 1 vertices per axis: the three products occupy
+    disjoint bit ranges, so xor equals the sum and the slot is a plain row-major index with power-of-two
+    strides. That lets dense and hashed levels share one code path. A level is dense when 2^3b <= T.
     Hashed levels use the primes reduced mod T: only the low log2(T) bits of each product survive the mod,
     and reducing first keeps every product far inside int64.
     """
@@ -113,63 +114,120 @@ class HashGridField(Field):
         # Put the level offset into the x term once; the y and z terms are below T, so xor cannot reach it.
         low[0] |= self._level_offset
         high[0] |= self._level_offset
-        xy = torch.stack([low[0] ^ low[1], low[0] ^ high[1], high[0] ^ low[1], high[0] ^ high[1]])
-        corners = torch.stack([xy ^ low[2], xy ^ high[2]], 1)  # (4, 2, L, N)
-        return corners.view(2, 2, 2, *corners.shape[2:]), fraction
+        # Written slice by slice into one tensor: stacking broadcast xors costs an extra full-size copy.
+        corners = torch.empty((2, 2, 2, *low.shape[1:]), dtype=torch.int64, device=points.device)
+        for i, x_term in enumerate((low[0], high[0])):
+            for j, y_term in enumerate((low[1], high[1])):
+                xy = x_term ^ y_term
+                torch.bitwise_xor(xy, low[2], out=corners[i, j, 0])
+                torch.bitwise_xor(xy, high[2], out=corners[i, j, 1])
+        return corners, fraction
 
-    def _encode(self, points: Tensor, with_jacobian: bool) -> tuple[Tensor, Tensor | None]:
-        """Features (L*F, N) and, if asked, their derivative with respect to the points, (3, L*F, N)."""
+    def _encode(self, points: Tensor, with_derivative: bool) -> tuple[Tensor, Tensor | None]:
+        """Features (F, L, N) and, if asked, their derivative along x, y, z in cell units, (3, F, L, N)."""
         corners, fraction = self._corners(points)
         features = self.table.shape[0]
         flat = corners.view(1, -1).expand(features, -1)
         values = torch.gather(self.table, 1, flat).view(features, *corners.shape)  # (F, 2, 2, 2, L, N)
-        fx, fy, fz = fraction
-        # Trilinear interpolation as three lerps, z then y then x (each halves the corner count).
-        v0, v1 = values.unbind(3)
-        along_z = torch.lerp(v0, v1, fz)  # (F, 2, 2, L, N)
-        along_yz = torch.lerp(along_z[:, :, 0], along_z[:, :, 1], fy)  # (F, 2, L, N)
-        encoded = torch.lerp(along_yz[:, 0], along_yz[:, 1], fx)  # (F, L, N)
-        n = points.shape[0]
-        if not with_jacobian:
-            return encoded.reshape(-1, n), None
-        # d/dz: the z-difference of the two faces, bilinear in (x, y); likewise for y and x.
-        dz = v1 - v0
-        dz = torch.lerp(dz[:, :, 0], dz[:, :, 1], fy)
-        dz = torch.lerp(dz[:, 0], dz[:, 1], fx)
-        dy = along_z[:, :, 1] - along_z[:, :, 0]
-        dy = torch.lerp(dy[:, 0], dy[:, 1], fx)
-        dx = along_yz[:, 1] - along_yz[:, 0]
-        per_unit_length = self._resolution * (0.5 / self.bound)  # d(vertex units) / d(world units), (L, 1)
-        jacobian = torch.stack([dx, dy, dz]) * per_unit_length  # (3, F, L, N)
-        return encoded.reshape(-1, n), jacobian.reshape(3, -1, n)
+        fixed = fraction.detach()
+        if not (with_derivative or fraction.requires_grad):
+            return _Trilinear.apply(values, fixed, False), None
+        encoded, derivative = _Trilinear.apply(values, fixed, True)
+        if fraction.requires_grad:
+            # Zero in value, but its gradient with respect to the fraction is the derivative: this restores
+            # exact first derivatives with respect to the points (autograd_normals, tests) that the fused
+            # interpolation, which treats the fraction as a constant, does not provide.
+            encoded = encoded + ((fraction - fixed)[:, None] * derivative).sum(0)
+        return encoded, derivative
 
     # -- public -------------------------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"grid": [self.table], "mlp": [*self.hidden.parameters(), *self.out.parameters()]}
 
     def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
-        encoded, jacobian = self._encode(points, with_normals)
+        encoded, derivative = self._encode(points, with_normals)
+        n = points.shape[0]
         # The MLP runs on (channels, N): weight @ x, matching the encoding's layout.
-        pre_hidden = self.hidden.weight @ encoded + self.hidden.bias[:, None]  # (H, N)
+        pre_hidden = self.hidden.weight @ encoded.view(-1, n) + self.hidden.bias[:, None]  # (H, N)
         out = self.out.weight @ F.silu(pre_hidden) + self.out.bias[:, None]  # (4, N)
         cfg = self.config
         pre_density = out[0] + blob_preactivation(points, cfg.blob_strength, cfg.blob_radius)
         normals = None
-        if jacobian is not None:
-            # Reverse mode through the MLP: d pre_density / d features, (L*F, N), then contract with the
-            # (3, L*F, N) feature Jacobian. Cheaper than pushing three tangents through the hidden layer.
+        if derivative is not None and with_normals:
+            # Reverse mode through the MLP gives d pre_density / d features, (F, L, N), with one matmul;
+            # contracting it with the feature derivative is cheaper than pushing three tangents forward.
             sig = torch.sigmoid(pre_hidden)
             silu_slope = sig * (1 + pre_hidden * (1 - sig))  # d silu(h) / dh
             d_features = self.hidden.weight.T @ (self.out.weight[0, :, None] * silu_slope)
-            d_pre = (jacobian * d_features).sum(1)  # (3, N)
-            d_pre = d_pre.T + blob_preactivation_gradient(points, cfg.blob_strength, cfg.blob_radius)
+            # Cells per unit length, R_l / (2 bound), turns cell units into world units.
+            d_features = d_features.view(encoded.shape) * (self._resolution * (0.5 / self.bound))
+            d_pre = (derivative * d_features).sum((1, 2)).T  # (N, 3)
+            d_pre = d_pre + blob_preactivation_gradient(points, cfg.blob_strength, cfg.blob_radius)
             # exp is monotone, so grad(density) points along grad(pre-activation).
             normals = -F.normalize(d_pre, dim=-1, eps=1e-12)
-        return FieldOutput(density=density_activation(pre_density), albedo=torch.sigmoid(out[1:].T), normals=normals)
+        albedo = torch.sigmoid(out[1:].T)
+        return FieldOutput(density=density_activation(pre_density), albedo=albedo, normals=normals)
 
     def density(self, points: Tensor) -> Tensor:
-        encoded, _ = self._encode(points, with_jacobian=False)
-        pre_hidden = self.hidden.weight @ encoded + self.hidden.bias[:, None]
+        encoded, _ = self._encode(points, with_derivative=False)
+        pre_hidden = self.hidden.weight @ encoded.view(-1, points.shape[0]) + self.hidden.bias[:, None]
         pre_density = self.out.weight[0] @ F.silu(pre_hidden) + self.out.bias[0]
-        cfg = self.config
-        return density_activation(pre_density + blob_preactivation(points, cfg.blob_strength, cfg.blob_radius))
+        blob = blob_preactivation(points, self.config.blob_strength, self.config.blob_radius)
+        return density_activation(pre_density + blob)
+
+
+class _Trilinear(torch.autograd.Function):
+    """Trilinear interpolation of corner values (F, 2, 2, 2, L, N) at `fraction` (3, L, N) -> (F, L, N), and
+    optionally its derivative along x, y, z in cell units -> (3, F, L, N). The fraction is a constant here.
+
+    Why a hand-written backward: autograd through the lerps of corner slices materialises a zero-filled
+    full-size gradient per slice and adds them; walking the three lerps backwards writes each gradient
+    once. Measured 1.7x (features) and 2x (features + derivative) faster on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, fraction: Tensor, with_derivative: bool):
+        ctx.set_materialize_grads(False)
+        fx, fy, fz = fraction
+        ctx.save_for_backward(fraction)
+        ctx.values_shape = values.shape
+        v0, v1 = values.unbind(3)  # the z = 0 and z = 1 faces
+        along_z = torch.lerp(v0, v1, fz)  # (F, 2, 2, L, N) by (x, y)
+        along_yz = torch.lerp(along_z[:, :, 0], along_z[:, :, 1], fy)  # (F, 2, L, N) by x
+        encoded = torch.lerp(along_yz[:, 0], along_yz[:, 1], fx)
+        if not with_derivative:
+            return encoded
+        # Interpolation is linear along each axis inside a cell: the derivative along an axis is the
+        # difference of the two faces across it, interpolated along the other two axes.
+        dz = v1 - v0
+        dz = torch.lerp(dz[:, :, 0], dz[:, :, 1], fy)
+        dz = torch.lerp(dz[:, 0], dz[:, 1], fx)
+        dy = torch.lerp(along_z[:, 0, 1] - along_z[:, 0, 0], along_z[:, 1, 1] - along_z[:, 1, 0], fx)
+        dx = along_yz[:, 1] - along_yz[:, 0]
+        return encoded, torch.stack([dx, dy, dz])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_encoded: Tensor | None, grad_derivative: Tensor | None = None):
+        (fraction,) = ctx.saved_tensors
+        wx, wy, wz = (torch.stack([1 - f, f]) for f in fraction)  # (2, L, N) lerp weights per axis
+        if grad_encoded is None:
+            grad_encoded = fraction.new_zeros(ctx.values_shape[:1] + ctx.values_shape[4:])
+        # Undo the x lerp, then y, then z. A derivative output (upper face - lower face) sends +grad to the
+        # upper and -grad to the lower face at the stage of its own axis, weighted like the value otherwise.
+        grad_x = grad_encoded[:, None] * wx  # (F, 2, L, N)
+        if grad_derivative is not None:
+            grad_dx, grad_dy, grad_dz = grad_derivative
+            grad_x[:, 0] -= grad_dx
+            grad_x[:, 1] += grad_dx
+        grad_xy = grad_x[:, :, None] * wy  # (F, 2, 2, L, N)
+        if grad_derivative is not None:
+            spread = grad_dy[:, None] * wx
+            grad_xy[:, :, 0] -= spread
+            grad_xy[:, :, 1] += spread
+        grad_values = grad_xy[:, :, :, None] * wz  # (F, 2, 2, 2, L, N)
+        if grad_derivative is not None:
+            spread = (grad_dz[:, None] * wx)[:, :, None] * wy
+            grad_values[:, :, :, 0] -= spread
+            grad_values[:, :, :, 1] += spread
+        return grad_values, None, None

@@ -14,12 +14,8 @@ from transformers.utils import is_protobuf_available, is_sentencepiece_available
 
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import SDSConfig
-from dreamfusion.guidance.hub import (
-    _files_to_fetch,
-    epsilon_from_output,
-    per_image,
-    resolve_model,
-)
+from dreamfusion.guidance.components import epsilon_from_output, per_image
+from dreamfusion.guidance.hub import _files_to_fetch, resolve_model
 from dreamfusion.guidance.pixel_diffusion import COMPONENTS as PIXEL
 from dreamfusion.guidance.pixel_diffusion import PixelDiffusionGuidance
 from dreamfusion.testing import save_tiny_pixel_diffusion

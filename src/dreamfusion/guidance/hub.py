@@ -1,13 +1,9 @@
-"""Where a diffusion prior's files come from, and the parts both diffusers backends load the same way.
+"""Where a diffusion prior's files come from.
 
 `resolve_model` turns what the user typed (a Hugging Face hub id or a local folder) into a local folder in
 the diffusers layout (model_index.json plus one sub-folder per component). It looks in the Hugging Face cache
 first and goes online only when allowed (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE unset) and with a short
 timeout, so a machine without a network gets a one-line `UserError` instead of a hang or a traceback.
-
-The rest of the module is shared by `stable_diffusion.py` and `pixel_diffusion.py`: the text encoder and its
-tokenizer (`PromptEncoder`), the scheduler's alphabar_t, the conversion of a U-Net output to a noise
-prediction, and moving a module to the accelerator only while it runs (`on_device`).
 """
 
 from __future__ import annotations
@@ -16,14 +12,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
 from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -32,17 +24,6 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
-from torch import Tensor, nn
-from transformers import (
-    AutoTokenizer,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    T5EncoderModel,
-    UMT5EncoderModel,
-)
-from transformers.utils import is_protobuf_available, is_sentencepiece_available
 
 from dreamfusion.errors import UserError
 
@@ -257,187 +238,3 @@ def _check_components(folder: ModelFolder, components: Sequence[str], hint: str)
             f"model {folder.name!r} ({folder.path}) lacks {', '.join(missing)} (configs and weights): {hint} "
             f"with {needed}"
         )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Parts the diffusers backends share.
-
-
-@dataclass(frozen=True)
-class _TextEncoderKind:
-    model_class: type[PreTrainedModel]
-    attention_mask: bool  # T5 encoders attend both ways and were trained with the padding mask; CLIP was not
-
-
-# An explicit allow-list: model_index.json is user data and must not choose arbitrary classes.
-_TEXT_ENCODERS: dict[str, _TextEncoderKind] = {
-    "CLIPTextModel": _TextEncoderKind(CLIPTextModel, attention_mask=False),
-    "CLIPTextModelWithProjection": _TextEncoderKind(CLIPTextModelWithProjection, attention_mask=False),
-    "T5EncoderModel": _TextEncoderKind(T5EncoderModel, attention_mask=True),
-    "UMT5EncoderModel": _TextEncoderKind(UMT5EncoderModel, attention_mask=True),
-}
-
-MAX_PROMPT_TOKENS = 77  # CLIP's context, and the length DeepFloyd IF pads and truncates its T5 prompts to
-
-
-class PromptEncoder:
-    """The frozen text encoder and tokenizer of a prior. Prompts are padded to a fixed length, as the priors
-    were trained; over-long prompts are truncated with one logged warning per call."""
-
-    def __init__(self, folder: ModelFolder, device: torch.device, dtype: torch.dtype, offload: bool):
-        class_name = folder.component_class("text_encoder")
-        kind = _TEXT_ENCODERS.get(class_name)
-        if kind is None:
-            raise UserError(
-                f"model {folder.name!r}: text encoder class {class_name!r} is not supported "
-                f"(supported: {', '.join(sorted(_TEXT_ENCODERS))})"
-            )
-        _check_tokenizer_backends(folder)
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder.path / "tokenizer")
-        model = kind.model_class.from_pretrained(folder.path / "text_encoder", torch_dtype=dtype)
-        self.model = freeze(model).to("cpu" if offload else device)
-        # diffusers' pipelines pass the mask to CLIP only when its config asks for it (`use_attention_mask`).
-        self.attention_mask = kind.attention_mask or bool(getattr(model.config, "use_attention_mask", False))
-        # Tokenizers without a real limit report a huge model_max_length; both families take 77 here.
-        self.max_length = min(int(self.tokenizer.model_max_length), MAX_PROMPT_TOKENS)
-        self.device = device
-        self.dtype = dtype
-        self.offload = offload
-        self.key = (
-            f"{folder.fingerprint('text_encoder')}|{folder.fingerprint('tokenizer')}|L{self.max_length}"
-        )
-
-    @torch.no_grad()
-    def __call__(self, texts: Sequence[str]) -> Tensor:
-        """(N, max_length, D) last hidden states on the prior's device and dtype."""
-        texts = list(texts)
-        tokens = self.tokenizer(
-            texts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
-        )
-        self._warn_if_truncated(texts)
-        mask = tokens["attention_mask"].to(self.device) if self.attention_mask else None
-        with on_device(self.model, self.device, self.offload):
-            hidden = self.model(
-                input_ids=tokens["input_ids"].to(self.device), attention_mask=mask
-            ).last_hidden_state
-        return hidden.to(self.device, self.dtype)
-
-    def _warn_if_truncated(self, texts: list[str]) -> None:
-        room = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
-        # verbose=False: the tokenizer's own "longer than the maximum" warning would repeat ours.
-        words = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        dropped = [self.tokenizer.decode(ids[room:]).strip() for ids in words if len(ids) > room]
-        if dropped:
-            logger.warning(
-                "%d prompt(s) are longer than the %d tokens the text encoder takes (%d besides its special "
-                "tokens) and were truncated; dropped: %s",
-                len(dropped),
-                self.max_length,
-                room,
-                "; ".join(repr(d) for d in dropped),
-            )
-
-
-def _check_tokenizer_backends(folder: ModelFolder) -> None:
-    """A tokenizer shipped only as a SentencePiece model (DeepFloyd IF's T5: spiece.model, no tokenizer.json)
-    is converted on loading, which needs the sentencepiece and protobuf packages. Without them transformers
-    fails with a message about tiktoken; say what is really missing instead."""
-    tokenizer = folder.path / "tokenizer"
-    if not (tokenizer / "spiece.model").is_file() or (tokenizer / "tokenizer.json").is_file():
-        return
-    if not (is_sentencepiece_available() and is_protobuf_available()):
-        raise UserError(
-            f"model {folder.name!r}: its tokenizer is a SentencePiece model, which needs two more packages: "
-            "pip install sentencepiece protobuf"
-        )
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """The prior is never trained (paper sec. 3: "frozen"): eval mode and no parameter gradients."""
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
-@contextmanager
-def on_device(module: nn.Module, device: torch.device, offload: bool) -> Iterator[None]:
-    """With `offload`, keep `module` on the CPU and move it to `device` only while it runs, so that on a small
-    GPU the text encoder, VAE and U-Net need not fit at once. Not around a forward pass whose backward is yet
-    to come: `.to()` replaces the parameters' data in place, under the graph's saved references to them."""
-    if not offload:
-        yield
-        return
-    module.to(device)
-    try:
-        yield
-    finally:
-        module.to("cpu")
-
-
-def unet_config(folder: ModelFolder, text_only: tuple[str | None, ...]) -> dict[str, Any]:
-    """The U-Net's config, checked before any weights load: a UNet2DConditionModel that needs nothing but
-    the text states (`text_only` lists the addition_embed_type values that are computed from them)."""
-    found = folder.component_class("unet")
-    if found != "UNet2DConditionModel":
-        raise UserError(
-            f"model {folder.name!r}: unet is a {found}, this backend needs a UNet2DConditionModel"
-        )
-    config = dict(UNet2DConditionModel.load_config(folder.path, subfolder="unet"))
-    addition, labels = config.get("addition_embed_type"), config.get("class_embed_type")
-    if addition not in text_only or labels is not None:
-        raise UserError(
-            f"model {folder.name!r}: its U-Net needs conditioning besides text (addition_embed_type "
-            f"{addition!r}, class_embed_type {labels!r}), e.g. SDXL or an upscaling stage; use a base model"
-        )
-    return config
-
-
-def scheduler_alphas(folder: ModelFolder) -> tuple[Tensor, str]:
-    """(alphabar_t for t = 0..T-1, prediction type) from the folder's scheduler config.
-
-    alphabar depends only on the training betas (num_train_timesteps, beta_start/end, beta_schedule,
-    trained_betas, rescale_betas_zero_snr), which every diffusers scheduler config records and DDPMScheduler
-    understands, whatever sampler class the folder names (SD ships PNDM, IF DDPM)."""
-    scheduler = DDPMScheduler.from_pretrained(folder.path, subfolder="scheduler")
-    prediction_type = str(scheduler.config.prediction_type)
-    if prediction_type not in ("epsilon", "v_prediction", "sample"):
-        raise UserError(f"model {folder.name!r}: unsupported prediction_type {prediction_type!r}")
-    return scheduler.alphas_cumprod.float().clone(), prediction_type
-
-
-def epsilon_from_output(
-    output: Tensor, z_t: Tensor, alphas_cumprod_t: Tensor, prediction_type: str
-) -> Tensor:
-    """The U-Net's noise prediction whatever it was trained to predict. With z_t = a x0 + s eps
-    (a^2 = alphabar, a^2 + s^2 = 1): v = a eps - s x0 gives eps = a v + s z_t, and a predicted x0 gives
-    eps = (z_t - a x0) / s."""
-    a = alphas_cumprod_t.view(-1, *([1] * (z_t.dim() - 1))).sqrt()
-    s = (1.0 - a * a).sqrt()
-    match prediction_type:
-        case "epsilon":
-            return output
-        case "v_prediction":
-            return a * output + s * z_t
-        case "sample":
-            return (z_t - a * output) / s
-        case _:
-            raise ValueError(f"unknown prediction_type {prediction_type!r}")
-
-
-def per_image(embeddings: Tensor, batch: int) -> Tensor:
-    """(B, L, D) text embeddings for a batch of B images; one shared prompt (1, L, D) is broadcast."""
-    if embeddings.shape[0] == batch:
-        return embeddings
-    if embeddings.shape[0] == 1:
-        return embeddings.expand(batch, *embeddings.shape[1:])
-    raise ValueError(f"text embeddings for {embeddings.shape[0]} images, but the batch has {batch}")
-
-
-def square_size(sample_size: int | Sequence[int], name: str) -> int:
-    """A U-Net's sample_size as one side length; non-square priors are not supported."""
-    if isinstance(sample_size, int):
-        return sample_size
-    sides = list(sample_size)
-    if len(sides) != 2 or sides[0] != sides[1]:
-        raise UserError(f"model {name!r}: only square U-Nets are supported, sample_size is {sample_size}")
-    return int(sides[0])

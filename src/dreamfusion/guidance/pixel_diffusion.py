@@ -25,17 +25,17 @@ from dreamfusion.guidance.base import (
     ViewBatch,
     pull_back,
 )
-from dreamfusion.guidance.hub import (
-    PromptEncoder,
+from dreamfusion.guidance.components import (
     epsilon_from_output,
     freeze,
     on_device,
     per_image,
-    resolve_model,
     scheduler_alphas,
     square_size,
     unet_config,
 )
+from dreamfusion.guidance.hub import resolve_model
+from dreamfusion.guidance.text_encoder import PromptEncoder
 
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 

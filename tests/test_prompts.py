@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -89,3 +91,23 @@ def test_view_dependent_and_interpolated_embeddings(tmp_path):
 def test_empty_prompt_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="empty"):
         PromptEmbeddings(PromptConfig(text=" \t\n"), CountingGuidance(), tmp_path)
+
+
+class TruncatingGuidance(CountingGuidance):
+    def encode_text(self, texts):
+        for t in texts:
+            if len(t) > 20:
+                logging.getLogger("dreamfusion").warning("prompt truncated: %s", t[:20])
+        return super().encode_text(texts)
+
+
+def test_truncation_warning_repeats_on_cache_hits(tmp_path, caplog):
+    g = TruncatingGuidance()
+    long_text = "a very long prompt that goes on and on"
+    with caplog.at_level(logging.WARNING, logger="dreamfusion"):
+        cached_text_embeddings(g, [long_text, "short"], tmp_path)
+        cached_text_embeddings(g, [long_text, "short"], tmp_path)
+    assert g.encoded == [long_text, "short"]  # encoded once ...
+    assert [r.getMessage() for r in caplog.records] == [
+        "prompt truncated: a very long prompt t"
+    ] * 2  # warned twice

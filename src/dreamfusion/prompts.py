@@ -9,6 +9,7 @@ interpolated by azimuth instead of switching at the boundaries.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from dreamfusion.cameras import Cameras
@@ -70,38 +72,69 @@ def default_cache_dir() -> Path:
     return Path(root) / "text_embeddings"
 
 
+class _WarningCapture(logging.Handler):
+    """Collects the warnings a prior logs while encoding one text (e.g. "truncated to 77 tokens")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _encode_one(guidance: Guidance, text: str) -> tuple[Tensor, list[str]]:
+    capture = _WarningCapture()
+    log.addHandler(capture)
+    try:
+        row = guidance.encode_text([text])[0].detach().to("cpu")
+    finally:
+        log.removeHandler(capture)
+    return row, capture.messages
+
+
+def _read_cached(path: Path) -> tuple[Tensor, list[str]] | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            warnings = json.loads((f.metadata() or {}).get("warnings", "[]"))
+            return f.get_tensor("embedding"), [str(w) for w in warnings]
+    except Exception:  # absent, corrupt or unreadable: recompute
+        return None
+
+
+def _write_cached(path: Path, row: Tensor, warnings: list[str]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"embedding": row.contiguous()}, str(tmp), metadata={"warnings": json.dumps(warnings)})
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("text-embedding cache not written: %s", exc)
+
+
 def cached_text_embeddings(guidance: Guidance, texts: Sequence[str], cache_dir: Path | None) -> Tensor:
     """(N, L, D) embeddings, computed once per (model, text) and kept on disk as safetensors.
 
-    A cache that cannot be written (read-only home, say) only costs recomputation: it is never an error.
+    The warnings a text caused when it was encoded (a prompt truncated to the tokenizer's length) are kept
+    with it and repeated on every cache hit, so the user hears about them on every run. A cache that cannot
+    be written (read-only home, say) only costs recomputation: it is never an error.
     """
     if cache_dir is None:
         return guidance.encode_text(list(texts))
     key_prefix = guidance.cache_key()
-    paths = [
-        cache_dir / (hashlib.sha256(f"{key_prefix}\0{t}".encode()).hexdigest() + ".safetensors")
-        for t in texts
-    ]
-    rows: list[Tensor | None] = []
-    missing: list[int] = []
-    for i, path in enumerate(paths):
-        try:
-            rows.append(load_file(path)["embedding"])
-        except Exception:  # absent, corrupt or unreadable: recompute
-            rows.append(None)
-            missing.append(i)
-    if missing:
-        fresh = guidance.encode_text([texts[i] for i in missing])
-        for row, i in zip(fresh, missing, strict=True):
-            rows[i] = row.detach().to("cpu")
-            try:
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = paths[i].with_suffix(f".tmp{os.getpid()}")
-                save_file({"embedding": rows[i].contiguous()}, str(tmp))
-                os.replace(tmp, paths[i])
-            except OSError as exc:
-                log.debug("text-embedding cache not written: %s", exc)
-    return torch.stack([r for r in rows if r is not None])
+    rows = []
+    for text in texts:
+        path = cache_dir / (hashlib.sha256(f"{key_prefix}\0{text}".encode()).hexdigest() + ".safetensors")
+        cached = _read_cached(path)
+        if cached is None:
+            row, warnings = _encode_one(guidance, text)
+            _write_cached(path, row, warnings)
+        else:
+            row, warnings = cached
+            for message in warnings:
+                log.warning(message)
+        rows.append(row)
+    return torch.stack(rows)
 
 
 class PromptEmbeddings:

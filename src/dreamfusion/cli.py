@@ -1,19 +1,32 @@
-"""The `dreamfusion` command: generate a 3D scene from a prompt, or resume a run."""
+"""The `dreamfusion` command: generate a 3D scene from a prompt, or resume a run.
+
+What the user gets wrong (an empty prompt, a typo in a setting, a missing model, an unwritable folder, a
+damaged checkpoint) ends in one line on stderr and exit code 2, with nothing left half-written: `generate`
+checks everything it can and loads the prior before it creates the run folder. An interrupted run exits with
+130 after saving a checkpoint, and says how to resume it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
+import shlex
 import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
-import yaml
+from tqdm import tqdm
 
 from dreamfusion import __version__
+from dreamfusion.checkpoint import latest_checkpoint
 from dreamfusion.config import (
     apply_overrides,
     dump_yaml,
@@ -24,7 +37,7 @@ from dreamfusion.config import (
 )
 from dreamfusion.device import pick_device
 from dreamfusion.errors import UserError
-from dreamfusion.guidance import KINDS, build_guidance
+from dreamfusion.guidance import DEFAULT_MODELS, KINDS, build_guidance
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.prompts import default_cache_dir, validate_prompt
 from dreamfusion.trainer import Config, Trainer, load_latest
@@ -32,30 +45,51 @@ from dreamfusion.trainer import Config, Trainer, load_latest
 log = logging.getLogger("dreamfusion")
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped with Ctrl-C
 
 DESCRIPTION = """\
 Text to 3D by Score Distillation Sampling (DreamFusion, Poole et al. 2022).
 
 A NeRF is optimised from scratch for your prompt against a frozen text-to-image diffusion model, with
 random cameras and lights, shading and view-dependent prompts. Every run writes a folder with
-config.yaml, metrics.jsonl, checkpoints/ and validation/ images, and can be resumed.
+config.yaml, metrics.jsonl, checkpoints/ and validation/ images; Ctrl-C saves a checkpoint, and
+`dreamfusion resume` continues from it.
 """
 
-GENERATE_EPILOG = """\
+TOP_EPILOG = """\
 examples:
-  dreamfusion generate "a red ball" --preset target           # no model needed: reconstructs a known object
+  dreamfusion generate "a red ball" --preset target --out runs/ball
+  dreamfusion resume runs/ball
+
+Run `dreamfusion COMMAND --help` for the options of a command.
+"""
+
+DEFAULT_MODEL_LINES = "\n".join(f"  {kind:<18}{model}" for kind, model in DEFAULT_MODELS.items())
+
+GENERATE_EPILOG = f"""\
+examples:
+  # no model needed: reconstructs a known object, a check that the 3D side works
+  dreamfusion generate "a red ball" --preset target
+  # the paper's setting with DeepFloyd IF stage I, shortened for a CPU
   dreamfusion generate "a blue mug" --guidance pixel --model ./IF-I-XL-v1.0 --preset cpu
   dreamfusion generate "a corgi" --guidance stable-diffusion --device cuda --set train.steps=5000
 
+default models (when --model is not given):
+{DEFAULT_MODEL_LINES}
+
 Presets (--preset) hold only overrides of the paper's defaults: paper, cpu, target, or a YAML file.
 Any setting can be changed with --set section.key=value; config.yaml in a run folder lists them all.
+An existing run folder is never written into: a new one gets the suffix -2, -3, ...
 """
 
 
-def preset_overrides(name_or_path: str) -> dict:
+# ----------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+def preset_overrides(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         return load_yaml_overrides(path)
     names = sorted(
         p.name[:-5] for p in resources.files("dreamfusion.presets").iterdir() if p.name.endswith(".yaml")
@@ -73,7 +107,7 @@ def build_config(args: argparse.Namespace) -> Config:
     """Paper defaults <- preset <- command-line flags <- --set overrides, validated as one Config."""
     data = merge_dicts(to_dict(Config()), preset_overrides(args.preset))
     flags = {
-        "prompt.text": validate_prompt(args.prompt),
+        "prompt.text": args.prompt,
         "prompt.negative": args.negative,
         "guidance.kind": args.guidance,
         "guidance.model": args.model,
@@ -84,7 +118,34 @@ def build_config(args: argparse.Namespace) -> Config:
         if value is not None:
             section, name = key.split(".")
             data[section][name] = value
-    return apply_overrides(from_dict(Config, data), args.set)
+    config = apply_overrides(from_dict(Config, data), args.set)
+    # Checked here, not first in the Trainer, so that an empty prompt (also one given with --set) fails
+    # before the prior loads.
+    prompt = dataclasses.replace(config.prompt, text=validate_prompt(config.prompt.text))
+    guidance = dataclasses.replace(config.guidance, model=absolute_if_local(config.guidance.model))
+    return dataclasses.replace(config, prompt=prompt, guidance=guidance)
+
+
+def absolute_if_local(model: str | None) -> str | None:
+    """A local model folder is written to config.yaml as an absolute path, so that `dreamfusion resume`
+    finds it from any working folder. Hub ids stay as typed (a folder of that name wins, as in diffusers)."""
+    if model is None or not Path(model).expanduser().is_dir():
+        return model
+    return str(Path(model).expanduser().resolve())
+
+
+def read_run_config(run_dir: Path) -> Config:
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        if not run_dir.is_dir():
+            raise UserError(f"run folder {run_dir} does not exist")
+        raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
+    # load_yaml_overrides reads YAML as dump_yaml writes it (1e-3 is a float) and reports errors in one line.
+    return from_dict(Config, load_yaml_overrides(config_path))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run folder
 
 
 def slug(prompt: str, max_len: int = 40) -> str:
@@ -92,24 +153,37 @@ def slug(prompt: str, max_len: int = 40) -> str:
     return s[:max_len].rstrip("-") or "run"
 
 
-def new_run_dir(requested: Path | None, config: Config) -> Path:
-    """A fresh folder: the requested one if it is new (or empty), else the same name with -2, -3, ...
-    An existing run is never written into; resume it with `dreamfusion resume` instead."""
-    base = requested or Path("runs") / f"{slug(config.prompt.text)}-seed{config.train.seed}"
+def free_run_dir(base: Path) -> Path:
+    """`base` if it does not exist (or is an empty folder), else the first free `base-2`, `base-3`, ...
+    An existing run is never written into; `dreamfusion resume` continues it instead."""
     candidate, n = base, 1
     while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
-    try:
-        candidate.mkdir(parents=True, exist_ok=True)
-        probe = candidate / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write the run folder {candidate}: {exc.strerror or exc}") from exc
-    if candidate != base:
-        log.warning("%s already holds a run; writing to %s", base, candidate)
     return candidate
+
+
+def check_can_create(folder: Path) -> None:
+    """Fail now, not after the prior has loaded, if `folder` cannot be created. Permission bits do not stop
+    root, so the test is to create (and remove) a temporary folder in the nearest existing parent."""
+    parent = folder.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create the run folder {folder}: {parent} is not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".dreamfusion-write-test-", dir=parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {folder}: {exc.strerror or exc}") from exc
+
+
+def create_run_dir(run_dir: Path, config: Config) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", dump_yaml(config))
+    except OSError as exc:
+        raise UserError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from exc
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -118,58 +192,108 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# The prior
+
+
+def quiet_diffusers_and_transformers() -> None:
+    """Their loading progress bars and advice would bury ours; real problems reach us as exceptions.
+    Imported here, not at the top, so that `--help` and the target guidance do not pay for the import."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (transformers_logging, diffusers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
 def load_guidance(config: Config, device: torch.device) -> Guidance:
+    if config.guidance.kind != "target":
+        quiet_diffusers_and_transformers()
     return build_guidance(
         config.guidance, device, config.train.seed + 2, config.sampling, config.light, config.train.resolution
     )
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Commands
+
+
 def run_training(trainer: Trainer, run_dir: Path, progress: bool) -> int:
-    finished = trainer.train(progress=progress)
+    resume_hint = f"dreamfusion resume {shlex.quote(str(run_dir))}"
+    try:
+        finished = trainer.train(progress=progress)
+    except KeyboardInterrupt:
+        # A second Ctrl-C while the trainer finishes its step: stop at once, without a new checkpoint.
+        saved = latest_checkpoint(run_dir / "checkpoints")
+        where = (
+            f"the last checkpoint is {saved.name}; continue with: {resume_hint}" if saved else "no checkpoint"
+        )
+        print(f"aborted at step {trainer.step}; {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not finished:
         print(
-            f"stopped at step {trainer.step}; checkpoint saved. Continue with: dreamfusion resume {run_dir}"
+            f"stopped at step {trainer.step}; checkpoint saved. Continue with: {resume_hint}", file=sys.stderr
         )
         return EXIT_INTERRUPTED
     print(f"done: {run_dir} (validation images in {run_dir / 'validation'})")
     return 0
 
 
+def show_progress(args: argparse.Namespace) -> bool:
+    # tqdm redraws one line with carriage returns; in a log file or a pipe that is noise, as in tqdm's own
+    # disable=None. metrics.jsonl has every step anyway.
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     config = build_config(args)
     device = pick_device(args.device)
+    requested = args.out or Path("runs") / f"{slug(config.prompt.text)}-seed{config.train.seed}"
+    run_dir = free_run_dir(requested)
+    check_can_create(run_dir)
+    # Everything that can fail (loading the prior, encoding the prompt) happens before the run folder is
+    # created, so a mistake leaves nothing behind, and its error is the only line on stderr.
+    guidance = load_guidance(config, device)
+    trainer = Trainer(config, run_dir, guidance, device, default_cache_dir())
+    create_run_dir(run_dir, config)
+    if run_dir != requested:
+        log.warning("%s already exists and is not empty; writing to %s", requested, run_dir)
     if config.guidance.kind == "target":
         log.warning(
             "the target guidance ignores the prompt: it reconstructs a known %r", config.guidance.target_shape
         )
-    # Load the prior before creating anything on disk, so a missing model leaves no half-made run folder.
-    guidance = load_guidance(config, device)
-    run_dir = new_run_dir(args.out, config)
-    write_text_atomic(run_dir / "config.yaml", dump_yaml(config))
-    trainer = Trainer(config, run_dir, guidance, device, default_cache_dir())
+        if config.guidance.model is not None:
+            log.warning("the target guidance uses no model; guidance.model is ignored")
     print(f"run folder: {run_dir}")
-    return run_training(trainer, run_dir, not args.no_progress)
+    return run_training(trainer, run_dir, show_progress(args))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
-    try:
-        data = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{config_path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    config = from_dict(Config, data or {})
+    config = read_run_config(run_dir)
+    # The checkpoint is read before the prior loads: a damaged one should not cost a model load first.
     checkpoint = load_latest(run_dir)
-    device = pick_device(args.device)
-    trainer = Trainer(config, run_dir, load_guidance(config, device), device, default_cache_dir())
-    trainer.restore(checkpoint)
-    if trainer.step >= config.train.steps:
-        print(f"{run_dir} already finished ({trainer.step} steps)")
+    if checkpoint.step >= config.train.steps:
+        print(f"{run_dir} already finished ({checkpoint.step} of {config.train.steps} steps)")
         return 0
+    device = pick_device(args.device)
+    guidance = load_guidance(config, device)
+    trainer = Trainer(config, run_dir, guidance, device, default_cache_dir())
+    trainer.restore(checkpoint)
     print(f"resuming {run_dir} at step {trainer.step} of {config.train.steps}")
-    return run_training(trainer, run_dir, not args.no_progress)
+    return run_training(trainer, run_dir, show_progress(args))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints the whole usage before an error; one line that names --help is easier to read."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def positive_int(text: str) -> int:
@@ -182,16 +306,30 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    # The trainer seeds generators with seed, seed + 1 and seed + 2; torch takes at most 64 bits.
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dreamfusion", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = OneLineErrorParser(
+        prog="dreamfusion",
+        description=DESCRIPTION,
+        epilog=TOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"dreamfusion {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands", help="one of:")
 
     g = sub.add_parser(
         "generate",
-        help="optimise a 3D scene for a text prompt",
+        help="optimise a 3D scene for a text prompt and write a run folder",
         description="Optimise a 3D scene for PROMPT and write a run folder.",
         epilog=GENERATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -203,17 +341,26 @@ def parser() -> argparse.ArgumentParser:
         metavar="KIND",
         help=f"the prior: {', '.join(KINDS)} (default: from the preset, else pixel)",
     )
-    g.add_argument("--model", metavar="ID_OR_PATH", help="hub id or local folder of the prior's weights")
-    g.add_argument("--steps", type=positive_int, metavar="N", help="optimisation steps")
-    g.add_argument("--seed", type=int, metavar="S", help="random seed (default 0)")
+    g.add_argument(
+        "--model", metavar="ID_OR_PATH", help="Hugging Face hub id or local folder of the prior's weights"
+    )
+    g.add_argument(
+        "--steps",
+        type=positive_int,
+        metavar="N",
+        help="optimisation steps (default: from the preset; 15000 in the paper)",
+    )
+    g.add_argument("--seed", type=seed, metavar="S", help="random seed (default 0)")
     g.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
-        help="run folder (default runs/<prompt>-seed<S>); never overwritten",
+        help="run folder (default runs/<prompt>-seed<S>); an existing one is never overwritten",
     )
-    g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--negative", metavar="TEXT", help="negative prompt for classifier-free guidance")
+    g.add_argument("--device", metavar="DEV", help="auto (default: cuda if present), cpu, cuda or cuda:N")
+    g.add_argument(
+        "--negative", metavar="TEXT", help="negative prompt for classifier-free guidance (default empty)"
+    )
     g.add_argument(
         "--preset", default="paper", metavar="NAME", help="paper (default), cpu, target, or a YAML file"
     )
@@ -224,39 +371,74 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any setting, e.g. --set train.resolution=32 (repeatable)",
     )
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
+    )
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser(
         "resume",
-        help="continue a run from its latest checkpoint",
-        description="Continue RUN_DIR from its latest checkpoint with its saved config.yaml.",
+        help="continue a stopped run from its latest checkpoint",
+        description="Continue RUN_DIR from its latest checkpoint, with the settings in its config.yaml.",
     )
-    r.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    r.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by dreamfusion generate")
+    r.add_argument("--device", metavar="DEV", help="auto (default: cuda if present), cpu, cuda or cuda:N")
+    r.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
+    )
     r.set_defaults(func=cmd_resume)
     return p
 
 
-def configure_logging() -> None:
-    if log.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
+# ----------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+class _TqdmHandler(logging.Handler):
+    """Writes through tqdm, so a warning during training does not break the progress bar's line, and to
+    the sys.stderr of the moment (tests and notebooks replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def user_logging() -> Iterator[None]:
+    """Our warnings on stderr as `warning: ...` for the duration of one command; the logger is put back
+    afterwards, so that calling main() twice in one process (tests) does not stack handlers."""
+    handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    level, propagate = log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(logging.WARNING)
     log.propagate = False
-
-
-def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    args = parser().parse_args(argv)
     try:
-        return args.func(args)
-    except UserError as exc:
-        print(f"dreamfusion: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default sys.argv[1:]) and return the exit code."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors; returned so main() never exits
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+    with user_logging():
+        try:
+            return args.func(args)
+        except UserError as exc:
+            print(f"dreamfusion: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            # Before training starts (loading the prior, encoding the prompt) nothing is on disk yet.
+            print("dreamfusion: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

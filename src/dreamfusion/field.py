@@ -48,6 +48,29 @@ class FieldConfig:
     hash_base_resolution: int = 16
     hash_max_resolution: int = 1024
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("triplane", "hashgrid"):
+            raise ValueError(f"kind must be 'triplane' or 'hashgrid', got {self.kind!r}")
+        positive = (
+            "bound",
+            "blob_radius",
+            "plane_resolution",
+            "plane_channels",
+            "hidden_width",
+            "hash_levels",
+            "hash_features_per_level",
+            "hash_base_resolution",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.plane_resolution < 4:
+            raise ValueError(f"plane_resolution must be >= 4, got {self.plane_resolution}")
+        if self.hash_max_resolution < self.hash_base_resolution:
+            raise ValueError("hash_max_resolution must be >= hash_base_resolution")
+        if not 8 <= self.hash_log2_table_size <= 26:
+            raise ValueError(f"hash_log2_table_size must be in [8, 26], got {self.hash_log2_table_size}")
+
 
 def blob_preactivation(points: Tensor, strength: float, radius: float) -> Tensor:
     """tau_init(x) = lambda (1 - ||x|| / sigma), shape (N,). App. A.2."""

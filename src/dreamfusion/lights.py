@@ -18,6 +18,12 @@ class LightConfig:
     ambient: float = 0.1  # shading = albedo * (ambient + diffuse * max(0, n . l))  (sec. 3.1)
     diffuse: float = 0.9
 
+    def __post_init__(self) -> None:
+        if min(self.ambient, self.diffuse, self.position_std) < 0:
+            raise ValueError("ambient, diffuse and position_std must be >= 0")
+        if not 0 < self.distance_range[0] <= self.distance_range[1]:
+            raise ValueError(f"distance_range must satisfy 0 < lo <= hi, got {self.distance_range}")
+
 
 def sample_point_lights(camera_positions: Tensor, config: LightConfig, generator: torch.Generator) -> Tensor:
     """(B, 3) light positions. `camera_positions` is (B, 3) on the CPU, like the generator."""

@@ -51,6 +51,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"steps must be > 0, got {self.steps}")
+        if not 0 <= self.seed < 2**32 - 2:  # seed, seed + 1 and seed + 2 seed three generators
+            raise ValueError(f"seed must be in [0, 2**32 - 2), got {self.seed}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
         if not (16 <= self.resolution <= 1024 and self.resolution % 8 == 0):
@@ -322,10 +324,19 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        lines = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= step]
         tmp = path.with_name(f".metrics.jsonl.tmp{os.getpid()}")
         tmp.write_text("".join(ln + "\n" for ln in lines))
         os.replace(tmp, path)
+
+
+def _logged_step(line: str) -> float:
+    """The step a metrics line records; a torn last line (the process was killed mid-write) counts as after
+    every checkpoint, so it is dropped."""
+    try:
+        return float(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def load_latest(run_dir: Path) -> Checkpoint:

@@ -10,6 +10,7 @@ from dreamfusion.device import prior_dtype
 from dreamfusion.guidance.base import Guidance, SDSConfig
 from dreamfusion.lights import LightConfig
 from dreamfusion.sampling import SamplingConfig
+from dreamfusion.shapes import SHAPES
 
 # What `--guidance KIND` loads when no `--model` is given.
 DEFAULT_MODELS = {
@@ -34,6 +35,10 @@ class GuidanceConfig:
             raise ValueError(f"guidance.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.sds.guidance_scale < 0:
             raise ValueError("guidance.sds.guidance_scale must be >= 0")
+        if self.target_shape not in SHAPES:
+            raise ValueError(f"target_shape must be one of {', '.join(SHAPES)}, got {self.target_shape!r}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
 
     def model_id(self) -> str | None:
         return self.model or DEFAULT_MODELS.get(self.kind)

@@ -95,6 +95,18 @@ class SDSConfig:
     t_anneal_steps: int = 0  # ... over this many steps (DreamTime-style; off in the paper)
     grad_clip: float | None = None  # optional elementwise clip of the model-space gradient (off in the paper)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
+            raise ValueError(f"need 0 <= t_min < t_max <= 1, got {self.t_min}, {self.t_max}")
+        if self.t_max_end is not None and not self.t_min < self.t_max_end <= 1.0:
+            raise ValueError(f"t_max_end must be in (t_min, 1], got {self.t_max_end}")
+        if self.t_anneal_steps < 0:
+            raise ValueError("t_anneal_steps must be >= 0")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError("grad_clip must be > 0, or null for no clipping")
+        if self.weighting not in ("sigma2", "uniform"):
+            raise ValueError(f"weighting must be 'sigma2' or 'uniform', got {self.weighting!r}")
+
 
 def classifier_free_guidance(pred: NoisePrediction, guidance_scale: float) -> Tensor:
     """eps_hat = (1 + omega) eps_cond - omega eps_uncond (paper, sec. 2)."""
@@ -136,9 +148,7 @@ class ScoreDistillation:
     """
 
     def __init__(self, config: SDSConfig, alphas_cumprod: Tensor, generator: torch.Generator):
-        if not 0.0 <= config.t_min < config.t_max <= 1.0:
-            raise ValueError(f"need 0 <= t_min < t_max <= 1, got {config.t_min}, {config.t_max}")
-        self.config = config
+        self.config = config  # SDSConfig validated its ranges
         self.alphas_cumprod = alphas_cumprod.float()  # (T,)
         self.generator = generator
 

@@ -8,8 +8,6 @@ back through the resize to the render.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
@@ -18,29 +16,26 @@ from torch import Tensor
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import (
     GuidanceOutput,
-    NoisePrediction,
-    ScoreDistillation,
     SDSConfig,
     TextEmbeddings,
     ViewBatch,
     pull_back,
 )
 from dreamfusion.guidance.components import (
-    epsilon_from_output,
     freeze,
     on_device,
-    per_image,
     scheduler_alphas,
     square_size,
     unet_config,
 )
 from dreamfusion.guidance.hub import resolve_model
+from dreamfusion.guidance.prior import FrozenPrior
 from dreamfusion.guidance.text_encoder import PromptEncoder
 
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 
 
-class PixelDiffusionGuidance:
+class PixelDiffusionGuidance(FrozenPrior):
     """SDS with a pixel-space UNet2DConditionModel and a T5 or CLIP text encoder."""
 
     def __init__(
@@ -57,8 +52,7 @@ class PixelDiffusionGuidance:
         # IF stage I needs only the text states: its pooled-text "addition" embedding is computed from them
         # inside the U-Net. Class labels (IF stage II's noise level) or SDXL's extra inputs are not provided.
         config = unet_config(folder, text_only=(None, "text"))
-        self.channels = int(config["in_channels"])
-        if self.channels != 3 or config["out_channels"] not in (3, 6):
+        if config["in_channels"] != 3 or config["out_channels"] not in (3, 6):
             raise UserError(
                 f"model {model!r}: a pixel prior takes and predicts RGB (in_channels 3; out_channels 3, or 6 "
                 f"with a learned variance), but its U-Net maps {config['in_channels']} channels to "
@@ -66,25 +60,14 @@ class PixelDiffusionGuidance:
             )
         self.offload = cpu_offload and device.type == "cuda"
         unet = UNet2DConditionModel.from_pretrained(folder.path, subfolder="unet", torch_dtype=dtype)
-        self.unet: UNet2DConditionModel = freeze(unet).to("cpu" if self.offload else device)
+        unet = freeze(unet).to("cpu" if self.offload else device)
         if attention_slicing:
-            self.unet.set_attention_slice("auto")
-        self.text = PromptEncoder(folder, device, dtype, self.offload)
-        alphas_cumprod, self.prediction_type = scheduler_alphas(folder)
-        self.alphas_cumprod = alphas_cumprod.to(device)
-        self.device = device
-        self.dtype = dtype
+            unet.set_attention_slice("auto")
+        alphas_cumprod, prediction_type = scheduler_alphas(folder)
+        text_encoder = PromptEncoder(folder, device, dtype, self.offload)
+        # IF predicts eps and, in channels 3..5, its variance interpolation (learned_range); SDS needs eps.
+        super().__init__(text_encoder, unet, alphas_cumprod, prediction_type, 3, sds, device, dtype, seed)
         self.image_size = square_size(config["sample_size"], model)
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-        self.sds = ScoreDistillation(sds, self.alphas_cumprod, self.generator)
-
-    def cache_key(self) -> str:
-        return self.text.key
-
-    def encode_text(self, texts: Sequence[str]) -> Tensor:
-        """IF's own negative prompt is the embedding of the empty string; callers encode "" for it."""
-        return self.text(texts)
 
     def __call__(
         self, images: Tensor, text: TextEmbeddings, step: int, views: ViewBatch | None = None
@@ -103,24 +86,3 @@ class PixelDiffusionGuidance:
                 pixel_grad, t = self.sds.gradient(pixels, self._predict_noise, text, step)
             image_grad = pull_back(pixels, leaf, pixel_grad).to(images.dtype)
         return GuidanceOutput(image_grad=image_grad, timesteps=t, grad_norm=float(image_grad.norm()))
-
-    def rng_state(self) -> Tensor:
-        return self.generator.get_state()
-
-    def set_rng_state(self, state: Tensor) -> None:
-        self.generator.set_state(state.cpu())
-
-    def _predict_noise(self, z_t: Tensor, t: Tensor, text: TextEmbeddings) -> NoisePrediction:
-        batch = z_t.shape[0]
-        states = torch.cat([per_image(text.cond, batch), per_image(text.uncond, batch)])
-        output = self.unet(
-            torch.cat([z_t, z_t]).to(self.dtype),
-            torch.cat([t, t]),
-            encoder_hidden_states=states.to(self.device, self.dtype),
-        ).sample.float()
-        # IF predicts eps and, in channels 3..5, its variance interpolation (learned_range); SDS needs eps.
-        output = output[:, : self.channels]
-        abar = self.alphas_cumprod[t].repeat(2)
-        eps = epsilon_from_output(output, torch.cat([z_t, z_t]), abar, self.prediction_type)
-        cond, uncond = eps.chunk(2)
-        return NoisePrediction(cond=cond, uncond=uncond)

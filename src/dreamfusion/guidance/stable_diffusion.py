@@ -8,8 +8,6 @@ pulled back through the encoder, so the trainer still receives d(loss)/d(image) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -18,29 +16,26 @@ from torch import Tensor
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import (
     GuidanceOutput,
-    NoisePrediction,
-    ScoreDistillation,
     SDSConfig,
     TextEmbeddings,
     ViewBatch,
     pull_back,
 )
 from dreamfusion.guidance.components import (
-    epsilon_from_output,
     freeze,
     on_device,
-    per_image,
     scheduler_alphas,
     square_size,
     unet_config,
 )
 from dreamfusion.guidance.hub import resolve_model
+from dreamfusion.guidance.prior import FrozenPrior
 from dreamfusion.guidance.text_encoder import PromptEncoder
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-class StableDiffusionGuidance:
+class StableDiffusionGuidance(FrozenPrior):
     """SDS with a latent UNet2DConditionModel, an AutoencoderKL and a CLIP-family text encoder."""
 
     def __init__(
@@ -64,7 +59,7 @@ class StableDiffusionGuidance:
         home = torch.device("cpu") if self.offload else device
         unet = UNet2DConditionModel.from_pretrained(folder.path, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(folder.path, subfolder="vae", torch_dtype=dtype)
-        self.unet: UNet2DConditionModel = freeze(unet).to(home)
+        self.unet = freeze(unet).to(home)
         self.vae: AutoencoderKL = freeze(vae).to(home)
         if config["in_channels"] != self.vae.config.latent_channels:
             raise UserError(
@@ -74,22 +69,22 @@ class StableDiffusionGuidance:
         if attention_slicing:
             # Computes attention a head-slice at a time: less peak memory at 512 px, a little slower.
             self.unet.set_attention_slice("auto")
-        self.text = PromptEncoder(folder, device, dtype, self.offload)
-        alphas_cumprod, self.prediction_type = scheduler_alphas(folder)
-        self.alphas_cumprod = alphas_cumprod.to(device)
-        self.device = device
-        self.dtype = dtype
+        alphas_cumprod, prediction_type = scheduler_alphas(folder)
+        text_encoder = PromptEncoder(folder, device, dtype, self.offload)
+        latent_channels = int(config["in_channels"])
+        super().__init__(
+            text_encoder,
+            self.unet,
+            alphas_cumprod,
+            prediction_type,
+            latent_channels,
+            sds,
+            device,
+            dtype,
+            seed,
+        )
         vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_size = square_size(config["sample_size"], model) * vae_scale
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-        self.sds = ScoreDistillation(sds, self.alphas_cumprod, self.generator)
-
-    def cache_key(self) -> str:
-        return self.text.key
-
-    def encode_text(self, texts: Sequence[str]) -> Tensor:
-        return self.text(texts)
 
     def __call__(
         self, images: Tensor, text: TextEmbeddings, step: int, views: ViewBatch | None = None
@@ -106,12 +101,6 @@ class StableDiffusionGuidance:
             image_grad = pull_back(latents, leaf, latent_grad).to(images.dtype)
         return GuidanceOutput(image_grad=image_grad, timesteps=t, grad_norm=float(image_grad.norm()))
 
-    def rng_state(self) -> Tensor:
-        return self.generator.get_state()
-
-    def set_rng_state(self, state: Tensor) -> None:
-        self.generator.set_state(state.cpu())
-
     def _encode(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, 4, h, w) float32 latents, differentiable.
 
@@ -126,17 +115,3 @@ class StableDiffusionGuidance:
         shift = self.vae.config.shift_factor or 0.0
         # SDS runs in float32 (alphabar_t near 1 loses its digits in fp16); the U-Net gets its own dtype.
         return ((mean - shift) * self.vae.config.scaling_factor).float()
-
-    def _predict_noise(self, z_t: Tensor, t: Tensor, text: TextEmbeddings) -> NoisePrediction:
-        batch = z_t.shape[0]
-        states = torch.cat([per_image(text.cond, batch), per_image(text.uncond, batch)])
-        # Both CFG halves in one U-Net call (a batch of 2B), then split back by name.
-        output = self.unet(
-            torch.cat([z_t, z_t]).to(self.dtype),
-            torch.cat([t, t]),
-            encoder_hidden_states=states.to(self.device, self.dtype),
-        ).sample.float()
-        abar = self.alphas_cumprod[t].repeat(2)
-        eps = epsilon_from_output(output, torch.cat([z_t, z_t]), abar, self.prediction_type)
-        cond, uncond = eps.chunk(2)
-        return NoisePrediction(cond=cond, uncond=uncond)

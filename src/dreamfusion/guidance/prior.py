@@ -1,0 +1,68 @@
+"""What the two diffusers backends share once their weights are loaded: the text encoder, the frozen U-Net
+called on both classifier-free-guidance halves, and the seeded SDS sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import Tensor
+
+from dreamfusion.guidance.base import NoisePrediction, ScoreDistillation, SDSConfig, TextEmbeddings
+from dreamfusion.guidance.components import epsilon_from_output, per_image
+from dreamfusion.guidance.text_encoder import PromptEncoder
+
+
+class FrozenPrior:
+    """Base of the Stable Diffusion and pixel-space backends, which add how renders become U-Net input."""
+
+    def __init__(
+        self,
+        text: PromptEncoder,
+        unet: UNet2DConditionModel,
+        alphas_cumprod: Tensor,
+        prediction_type: str,
+        eps_channels: int,
+        sds: SDSConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        seed: int,
+    ):
+        self.text = text
+        self.unet = unet
+        self.alphas_cumprod = alphas_cumprod.to(device)
+        self.prediction_type = prediction_type
+        self.eps_channels = eps_channels  # IF's U-Net also outputs its variance in further channels
+        self.device = device
+        self.dtype = dtype
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.sds = ScoreDistillation(sds, self.alphas_cumprod, self.generator)
+
+    def cache_key(self) -> str:
+        return self.text.key
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        return self.text(texts)
+
+    def rng_state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: Tensor) -> None:
+        self.generator.set_state(state.cpu())
+
+    def _predict_noise(self, z_t: Tensor, t: Tensor, text: TextEmbeddings) -> NoisePrediction:
+        batch = z_t.shape[0]
+        states = torch.cat([per_image(text.cond, batch), per_image(text.uncond, batch)])
+        # Both CFG halves in one U-Net call (a batch of 2B), then split back by name.
+        output = self.unet(
+            torch.cat([z_t, z_t]).to(self.dtype),
+            torch.cat([t, t]),
+            encoder_hidden_states=states.to(self.device, self.dtype),
+        ).sample.float()
+        output = output[:, : self.eps_channels]
+        abar = self.alphas_cumprod[t].repeat(2)
+        eps = epsilon_from_output(output, torch.cat([z_t, z_t]), abar, self.prediction_type)
+        cond, uncond = eps.chunk(2)
+        return NoisePrediction(cond=cond, uncond=uncond)

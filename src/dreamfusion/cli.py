@@ -286,6 +286,172 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The built-in prior (issue #3). dreamfusion.prior is imported inside the commands, as the diffusers backends
+# are, so that `--help` and the other commands do not pay for importing diffusers and transformers.
+
+DEFAULT_PRIOR_RUN = Path("runs") / "prior"
+
+PRIOR_TRAIN_EPILOG = """\
+examples:
+  dreamfusion prior train --out runs/prior --max-minutes 60   # stops cleanly with a checkpoint
+  dreamfusion prior train --out runs/prior --resume           # continues it, same result as one sitting
+  dreamfusion prior sample runs/prior/model "a red mug, front view" --out mug.png
+
+The run folder holds config.yaml, tokenizer/, checkpoints/, metrics.jsonl and, when done, model/ (the prior,
+loadable with --guidance pixel --model runs/prior/model). The tokenizer's vocabulary is CLIP's, read from the
+open-clip-torch wheel, which pip downloads once into the dreamfusion cache (the package is not installed).
+"""
+
+
+def prior_wheel_cache() -> Path:
+    # Beside the text-embedding cache, under $DREAMFUSION_CACHE (default ~/.cache/dreamfusion).
+    return default_cache_dir().parent / "wheels"
+
+
+def cmd_prior_train(args: argparse.Namespace) -> int:
+    from dreamfusion.prior import PriorTrainConfig, resume_run, start_run, train
+    from dreamfusion.prior.tokenizer import merges_from_wheel, open_clip_wheel, save_clip_tokenizer
+    from dreamfusion.prior.train import check_new_run_dir
+
+    quiet_diffusers_and_transformers()
+    run_dir: Path = args.out
+    if args.resume:
+        given = [
+            flag for flag, value in (("--steps", args.steps), ("--seed", args.seed)) if value is not None
+        ]
+        if given or args.set:
+            raise UserError(
+                f"--resume continues with the settings in {run_dir / 'config.yaml'}; "
+                f"{', '.join(given + ['--set'] * bool(args.set))} cannot change them"
+            )
+        trainer = resume_run(run_dir)
+    else:
+        config = apply_overrides(PriorTrainConfig(), args.set)
+        flags = {"steps": args.steps, "seed": args.seed}
+        config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+        check_new_run_dir(run_dir)
+        check_can_create(run_dir)
+        # Fetched before the run folder exists, so that a failed download leaves nothing behind.
+        merges = merges_from_wheel(open_clip_wheel(prior_wheel_cache()))
+        trainer = start_run(run_dir, config, lambda folder, n: save_clip_tokenizer(folder, merges, n))
+    print(f"prior run folder: {run_dir} (step {trainer.step} of {trainer.config.steps})")
+    resume_hint = f"dreamfusion prior train --out {shlex.quote(str(run_dir))} --resume"
+    try:
+        finished = train(trainer, run_dir, args.max_minutes, show_progress(args))
+    except KeyboardInterrupt:
+        saved = latest_checkpoint(run_dir / "checkpoints")
+        where = (
+            f"the last checkpoint is {saved.name}; continue with: {resume_hint}" if saved else "no checkpoint"
+        )
+        print(f"aborted at step {trainer.step}; {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not finished:
+        print(f"stopped at step {trainer.step} (time budget); continue with: {resume_hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"done: the prior is in {run_dir / 'model'}")
+    return 0
+
+
+def cmd_prior_export(args: argparse.Namespace) -> int:
+    from dreamfusion.prior import resume_run
+
+    quiet_diffusers_and_transformers()
+    trainer = resume_run(args.run_dir)
+    out = args.out or args.run_dir / f"model-step{trainer.step}"
+    digests = trainer.export(out)
+    print(f"exported the EMA weights of step {trainer.step} to {out}")
+    for name, digest in digests.items():
+        print(f"  sha256 {digest}  {name}")
+    return 0
+
+
+def cmd_prior_sample(args: argparse.Namespace) -> int:
+    from dreamfusion.guidance.hub import resolve_model
+    from dreamfusion.guidance.pixel_diffusion import COMPONENTS
+    from dreamfusion.prior import sample, save_grid
+
+    captions = [validate_prompt(c) for c in args.captions]
+    folder = resolve_model(str(args.folder), COMPONENTS)  # a clear error for an incomplete folder
+    quiet_diffusers_and_transformers()
+    images = sample(folder.path, captions, args.sample_steps, args.guidance_scale, args.seed)
+    try:
+        save_grid(images, args.out, columns=args.columns, scale=args.scale)
+    except OSError as exc:
+        raise UserError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    print(f"wrote {args.out} ({len(captions)} image(s), {images.shape[1]} px)")
+    return 0
+
+
+def add_prior_commands(sub: argparse._SubParsersAction) -> None:
+    prior = sub.add_parser(
+        "prior",
+        help="train, export or sample the built-in prior (a diffusion model of the procedural world)",
+        description="The built-in prior: a small text-to-image diffusion model trained on world renders.",
+    )
+    commands = prior.add_subparsers(dest="prior_command", required=True, metavar="COMMAND", title="commands")
+    t = commands.add_parser(
+        "train",
+        help="train it (resumable), then export it to RUN_DIR/model",
+        description="Train the built-in prior on fresh renders of the procedural world.",
+        epilog=PRIOR_TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument(
+        "--out", type=Path, default=DEFAULT_PRIOR_RUN, metavar="DIR", help="run folder (default runs/prior)"
+    )
+    t.add_argument("--steps", type=positive_int, metavar="N", help="optimisation steps (default 6000)")
+    t.add_argument("--seed", type=seed, metavar="S", help="random seed (default 0)")
+    t.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        metavar="M",
+        help="stop after M minutes of this sitting, with a checkpoint; --resume continues",
+    )
+    t.add_argument("--resume", action="store_true", help="continue DIR from its latest checkpoint")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set batch_size=16 or --set model.resolution=64 (repeatable)",
+    )
+    t.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
+    )
+    t.set_defaults(func=cmd_prior_train)
+
+    e = commands.add_parser(
+        "export",
+        help="write the EMA weights of a run's latest checkpoint as a prior folder",
+        description="Export the EMA weights of RUN_DIR's latest checkpoint, e.g. to look at a run midway.",
+    )
+    e.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a folder written by dreamfusion prior train"
+    )
+    e.add_argument("--out", type=Path, metavar="DIR", help="default RUN_DIR/model-step<N>")
+    e.set_defaults(func=cmd_prior_export)
+
+    s = commands.add_parser(
+        "sample",
+        help="sample images for captions from a prior folder (DDIM with classifier-free guidance)",
+        description="Sample one image per CAPTION from the prior in FOLDER and save them as one PNG grid.",
+    )
+    s.add_argument("folder", type=Path, metavar="FOLDER", help="a prior folder, e.g. runs/prior/model")
+    s.add_argument("captions", nargs="+", metavar="CAPTION", help='e.g. "a red mug, front view"')
+    s.add_argument("--out", type=Path, required=True, metavar="PNG", help="where to write the grid")
+    s.add_argument(
+        "--steps", dest="sample_steps", type=positive_int, default=50, help="DDIM steps (default 50)"
+    )
+    s.add_argument("--guidance-scale", type=float, default=5.0, metavar="W", help="CFG scale (default 5)")
+    s.add_argument("--seed", type=seed, default=0, metavar="S", help="random seed (default 0)")
+    s.add_argument("--columns", type=positive_int, metavar="C", help="grid columns (default: near square)")
+    s.add_argument(
+        "--scale", type=positive_int, default=4, metavar="K", help="enlarge pixels K times (default 4)"
+    )
+    s.set_defaults(func=cmd_prior_sample)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Arguments
 
 
@@ -303,6 +469,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
@@ -387,6 +563,7 @@ def parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
     )
     r.set_defaults(func=cmd_resume)
+    add_prior_commands(sub)
     return p
 
 

@@ -408,16 +408,8 @@ def add_prior_commands(sub: argparse._SubParsersAction) -> None:
         help="stop after M minutes of this sitting, with a checkpoint; --resume continues",
     )
     t.add_argument("--resume", action="store_true", help="continue DIR from its latest checkpoint")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set batch_size=16 or --set model.resolution=64 (repeatable)",
-    )
-    t.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
-    )
+    add_set_option(t, "batch_size=16 or --set model.resolution=64")
+    add_progress_option(t)
     t.set_defaults(func=cmd_prior_train)
 
     e = commands.add_parser(
@@ -493,6 +485,22 @@ def seed(text: str) -> int:
     return value
 
 
+def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override any setting, e.g. --set {example} (repeatable)",
+    )
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="dreamfusion",
@@ -540,16 +548,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--preset", default="paper", metavar="NAME", help="paper (default), cpu, target, or a YAML file"
     )
-    g.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any setting, e.g. --set train.resolution=32 (repeatable)",
-    )
-    g.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
-    )
+    add_set_option(g, "train.resolution=32")
+    add_progress_option(g)
     g.set_defaults(func=cmd_generate)
 
     r = sub.add_parser(
@@ -559,9 +559,7 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by dreamfusion generate")
     r.add_argument("--device", metavar="DEV", help="auto (default: cuda if present), cpu, cuda or cuda:N")
-    r.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
-    )
+    add_progress_option(r)
     r.set_defaults(func=cmd_resume)
     add_prior_commands(sub)
     return p

@@ -128,7 +128,7 @@ class Case:
     name: str
     field: str  # "triplane", "hashgrid", "hashgrid-double-backward" or "naive"
     with_normals: bool
-    # The naive grid's double backward takes about a minute per step: when asked for (--naive-normals),
+    # The naive grid's double backward takes 10-90 s per step here: when asked for (--naive-normals),
     # it gets one timed step and no warm-up.
     single_step: bool = False
 
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument(
         "--naive-normals",
         action="store_true",
-        help="also time the naive grid with double-backward normals (about a minute per step)",
+        help="also time the naive grid with double-backward normals (10-90 s per step)",
     )
     args = parser.parse_args()
 

@@ -80,6 +80,15 @@ def test_output_shapes_and_ranges(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_no_points(kind):
+    """A renderer may cull every sample of a batch (empty space): the field must still answer."""
+    field = make_field(kind)
+    out = field(torch.zeros(0, 3), with_normals=True)
+    assert out.density.shape == (0,) and out.albedo.shape == (0, 3) and out.normals.shape == (0, 3)
+    (out.density.sum() + out.normals.sum()).backward()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_density_blob_at_init(kind):
     """App. A.2: lambda (1 - ||x|| / sigma), lambda 5, sigma 0.2, is +5 at the centre and -20 at radius 1."""
     field = make_field(kind)

@@ -132,7 +132,7 @@ class HashGridField(Field):
     def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
         encoded, derivative = self._encode(points, with_normals)
         # The MLP runs on (channels, N), weight @ x, matching the encoding's layout.
-        pre_hidden = self.hidden.weight @ encoded.view(-1, points.shape[0]) + self.hidden.bias[:, None]
+        pre_hidden = self.hidden.weight @ encoded.flatten(0, 1) + self.hidden.bias[:, None]
         hidden = F.silu(pre_hidden)  # (H, N)
         out = self.out.weight @ hidden + self.out.bias[:, None]  # (4, N)
         cfg = self.config
@@ -156,7 +156,7 @@ class HashGridField(Field):
 
     def density(self, points: Tensor) -> Tensor:
         encoded, _ = self._encode(points, with_derivative=False)
-        pre_hidden = self.hidden.weight @ encoded.view(-1, points.shape[0]) + self.hidden.bias[:, None]
+        pre_hidden = self.hidden.weight @ encoded.flatten(0, 1) + self.hidden.bias[:, None]
         pre_density = self.out.weight[0] @ F.silu(pre_hidden) + self.out.bias[0]
         blob = blob_preactivation(points, self.config.blob_strength, self.config.blob_radius)
         return density_activation(pre_density + blob)

@@ -454,11 +454,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _integer(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
@@ -475,13 +479,10 @@ def positive_float(text: str) -> float:
 
 
 def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    # The trainer seeds generators with seed, seed + 1 and seed + 2; torch takes at most 64 bits.
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    value = _integer(text)
+    # The trainer seeds generators with seed, seed + 1 and seed + 2; each must fit torch's 32-bit check.
+    if not 0 <= value < 2**32 - 2:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 2), got {value}")
     return value
 
 

@@ -20,10 +20,13 @@ class BackgroundConfig:
     kind: str = "mlp"  # "mlp" (the paper) or "solid" (random colour per training image, white otherwise)
     frequencies: int = 4  # positional-encoding octaves of the ray direction for the MLP
     hidden_width: int = 32
+    colourfulness: float = 1.0  # "solid": the random colour's share against a light grey (background.py)
 
     def __post_init__(self) -> None:
         if self.kind not in ("mlp", "solid"):
             raise ValueError(f"background.kind must be 'mlp' or 'solid', got {self.kind!r}")
+        if not 0.0 <= self.colourfulness <= 1.0:
+            raise ValueError(f"background.colourfulness must be in [0, 1], got {self.colourfulness}")
 
 
 class Background(nn.Module):
@@ -49,13 +52,29 @@ class EnvironmentMLP(Background):
         return torch.sigmoid(self.out(torch.relu(self.hidden(encoded))))
 
 
+def random_colours(n: int, generator: torch.Generator, colourfulness: float = 1.0) -> Tensor:
+    """(n, 3) random background colours: a light grey in [0.5, 1] mixed with a uniform random colour, the
+    colour's share being `colourfulness` (1: any colour, 0: greys only). Muted backgrounds keep an object's
+    colour the most visible thing in an image; the world's renders and the NeRF's solid backgrounds share
+    this so that the built-in prior and SDS see the same kind of picture."""
+    colour = torch.rand(n, 3, generator=generator)
+    if colourfulness == 1.0:
+        return colour
+    grey = 0.5 + 0.5 * torch.rand(n, 1, generator=generator)
+    return torch.lerp(grey.expand(n, 3), colour, colourfulness)
+
+
 class SolidBackground(Background):
+    def __init__(self, colourfulness: float = 1.0):
+        super().__init__()
+        self.colourfulness = colourfulness
+
     def forward(self, directions: Tensor, generator: torch.Generator | None) -> Tensor:
         batch = directions.shape[0]
         if generator is None:
             colour = torch.ones(batch, 3)
         else:
-            colour = torch.rand(batch, 3, generator=generator)
+            colour = random_colours(batch, generator, self.colourfulness)
         return colour.to(directions.device).view(batch, 1, 1, 3).expand_as(directions)
 
 
@@ -64,6 +83,6 @@ def build_background(config: BackgroundConfig, generator: torch.Generator | None
         case "mlp":
             return EnvironmentMLP(config, generator)
         case "solid":
-            return SolidBackground()
+            return SolidBackground(config.colourfulness)
         case _:
             raise ValueError(f"unknown background kind {config.kind!r}")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dreamfusion.background import random_colours
 from dreamfusion.cameras import CameraConfig, Cameras, sample_cameras
 from dreamfusion.lights import LightConfig, sample_point_lights
 from dreamfusion.prompts import PromptConfig, view_word, with_view
@@ -225,11 +226,17 @@ def _normals(world: _SceneBatch, points: Tensor, image: Tensor, step: float) -> 
 
 
 def sample_backgrounds(
-    batch: int, height: int, width: int, generator: torch.Generator, gradient_fraction: float = 0.5
+    batch: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    gradient_fraction: float = 0.5,
+    colourfulness: float = 1.0,
 ) -> Tensor:
-    """(B, H, W, 3): uniform random solid colours, or vertical gradients between two random colours."""
-    top = torch.rand(batch, 3, generator=generator)
-    bottom = torch.rand(batch, 3, generator=generator)
+    """(B, H, W, 3): random solid colours, or vertical gradients between two random colours; the colours
+    as the NeRF's solid backgrounds draw them (background.random_colours)."""
+    top = random_colours(batch, generator, colourfulness)
+    bottom = random_colours(batch, generator, colourfulness)
     gradient = torch.rand(batch, generator=generator) < gradient_fraction
     bottom = torch.where(gradient[:, None], bottom, top)
     rows = ((torch.arange(height) + 0.5) / height).view(1, height, 1, 1)
@@ -256,6 +263,7 @@ class WorldBatchConfig:
     # prior learns from the same kinds of image that SDS will show it.
     shading_probabilities: tuple[float, float, float] = (0.25, 0.375, 0.375)
     gradient_background_fraction: float = 0.5
+    background_colourfulness: float = 1.0  # 1: any colour; less: nearer a light grey (background.py)
     # Rays per pixel along each axis, averaged: soft edges like the NeRF's volume renders, at
     # supersample^2 times the cost. 1 traces one ray through each pixel centre.
     supersample: int = 1
@@ -273,6 +281,8 @@ class WorldBatchConfig:
             )
         if sum(self.shading_probabilities) <= 0:
             raise ValueError("shading_probabilities must not all be zero")
+        if not 0.0 <= self.background_colourfulness <= 1.0:
+            raise ValueError("background_colourfulness must be in [0, 1]")
         if self.supersample < 1:
             raise ValueError("supersample must be at least 1")
 
@@ -300,7 +310,9 @@ def sample_training_batch(
     modes = torch.multinomial(probabilities, n, replacement=True, generator=generator)
     ss = config.supersample
     fine = resolution * ss
-    backgrounds = sample_backgrounds(n, fine, fine, generator, config.gradient_background_fraction)
+    backgrounds = sample_backgrounds(
+        n, fine, fine, generator, config.gradient_background_fraction, config.background_colourfulness
+    )
     scenes = tuple(p.scene for p in pairs)
     fine_cameras = dataclasses.replace(cameras, focal_px=cameras.focal_px * ss, width=fine, height=fine)
     render = render_scene(scenes, fine_cameras, lights, modes, backgrounds, config.light, config.tracer)

@@ -27,6 +27,11 @@ class PriorConfig:
     attention: tuple[bool, ...] = (False, False, True, True)  # cross-attention to the text per level
     layers_per_block: int = 1
     attention_heads: int = 4
+    # The caption also enters every residual block through the timestep embedding, pooled by attention over
+    # the text states, as in IF stage I (diffusers' addition_embed_type "text"). Cross-attention alone, at
+    # 8x8 and 4x4, learned the captions far too slowly: after 2,500 steps the right caption lowered the
+    # denoising loss by 1 % against a wrong one.
+    pooled_text: bool = True
     norm_groups: int = 32
     text_width: int = 128  # the CLIP embedding table is 49,408 x this: the largest single tensor
     text_layers: int = 3  # world captions are short and regular; three layers are plenty
@@ -93,6 +98,8 @@ def build_unet(config: PriorConfig) -> UNet2DConditionModel:
         cross_attention_dim=config.text_width,
         # diffusers' legacy name: for this U-Net, attention_head_dim is the number of heads.
         attention_head_dim=config.attention_heads,
+        addition_embed_type="text" if config.pooled_text else None,
+        addition_embed_type_num_heads=config.attention_heads,
     )
 
 

@@ -276,7 +276,9 @@ def run_case(case: Case, model_folder: Path, steps: int, warmup: int) -> dict[st
     """Build the trainer as the CLI does, warm up with real steps, then time the replay and train_step."""
     started = time.perf_counter()
     overrides = case.overrides(model_folder)
-    config = apply_overrides(Config(), overrides)
+    # The paper's 64x64 render for every case (a case's own override comes later and wins); left unset, the
+    # render would follow each pixel prior's own resolution.
+    config = apply_overrides(Config(), ["train.resolution=64", *overrides])
     guidance = build_guidance(config.guidance, CPU, 0, config.sampling, config.light, config.train.resolution)
     # train_step writes nothing to the run folder; the checkpoint and validation code that do are not run.
     run_dir = model_folder.with_name(f"{model_folder.name}-run")

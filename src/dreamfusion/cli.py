@@ -39,8 +39,8 @@ from dreamfusion.device import pick_device
 from dreamfusion.errors import UserError
 from dreamfusion.guidance import DEFAULT_MODELS, KINDS, build_guidance
 from dreamfusion.guidance.base import Guidance
-from dreamfusion.prompts import default_cache_dir, validate_prompt
-from dreamfusion.trainer import Config, Trainer, load_latest
+from dreamfusion.prompts import default_cache_dir, dreamfusion_cache, validate_prompt
+from dreamfusion.trainer import Config, Trainer, load_latest, read_run_config
 
 log = logging.getLogger("dreamfusion")
 
@@ -58,16 +58,23 @@ config.yaml, metrics.jsonl, checkpoints/ and validation/ images; Ctrl-C saves a 
 
 TOP_EPILOG = """\
 examples:
+  dreamfusion generate "a red cube"            # the built-in prior, no download
   dreamfusion generate "a red ball" --preset target --out runs/ball
   dreamfusion resume runs/ball
+  dreamfusion prior vocab                      # the words the built-in prior knows
 
 Run `dreamfusion COMMAND --help` for the options of a command.
 """
 
-DEFAULT_MODEL_LINES = "\n".join(f"  {kind:<18}{model}" for kind, model in DEFAULT_MODELS.items())
+DEFAULT_MODEL_LINES = "\n".join(
+    f"  {kind:<18}{model}"
+    for kind, model in {"builtin": "inside the package (verified by sha256)", **DEFAULT_MODELS}.items()
+)
 
 GENERATE_EPILOG = f"""\
 examples:
+  # the built-in prior (ships with dreamfusion): coloured shapes; see `dreamfusion prior vocab`
+  dreamfusion generate "a red cube on top of a blue cylinder"
   # no model needed: reconstructs a known object, a check that the 3D side works
   dreamfusion generate "a red ball" --preset target
   # the paper's setting with DeepFloyd IF stage I, shortened for a CPU
@@ -77,7 +84,8 @@ examples:
 default models (when --model is not given):
 {DEFAULT_MODEL_LINES}
 
-Presets (--preset) hold only overrides of the paper's defaults: paper, cpu, target, or a YAML file.
+Presets (--preset) hold only overrides of the paper's defaults: builtin (the default with the built-in
+prior), paper (the default with any other), cpu, target, or a YAML file.
 Any setting can be changed with --set section.key=value; config.yaml in a run folder lists them all.
 An existing run folder is never written into: a new one gets the suffix -2, -3, ...
 """
@@ -103,13 +111,20 @@ def preset_overrides(name_or_path: str) -> dict[str, Any]:
     )
 
 
+def default_preset(guidance: str | None) -> str:
+    """The built-in prior's tuned settings when it is the prior (or none is named); else the paper's."""
+    return "builtin" if guidance in (None, "builtin") else "paper"
+
+
 def build_config(args: argparse.Namespace) -> Config:
     """Paper defaults <- preset <- command-line flags <- --set overrides, validated as one Config."""
-    data = merge_dicts(to_dict(Config()), preset_overrides(args.preset))
+    # A model to load means a downloaded prior: the pixel backend unless --guidance names another.
+    kind = args.guidance or ("pixel" if args.model else None)
+    data = merge_dicts(to_dict(Config()), preset_overrides(args.preset or default_preset(kind)))
     flags = {
         "prompt.text": args.prompt,
         "prompt.negative": args.negative,
-        "guidance.kind": args.guidance,
+        "guidance.kind": kind,
         "guidance.model": args.model,
         "train.steps": args.steps,
         "train.seed": args.seed,
@@ -132,16 +147,6 @@ def absolute_if_local(model: str | None) -> str | None:
     if model is None or not Path(model).expanduser().is_dir():
         return model
     return str(Path(model).expanduser().resolve())
-
-
-def read_run_config(run_dir: Path) -> Config:
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        if not run_dir.is_dir():
-            raise UserError(f"run folder {run_dir} does not exist")
-        raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
-    # load_yaml_overrides reads YAML as dump_yaml writes it (1e-3 is a float) and reports errors in one line.
-    return from_dict(Config, load_yaml_overrides(config_path))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -256,9 +261,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # created, so a mistake leaves nothing behind, and its error is the only line on stderr.
     guidance = load_guidance(config, device)
     trainer = Trainer(config, run_dir, guidance, device, default_cache_dir())
-    create_run_dir(run_dir, config)
+    create_run_dir(run_dir, trainer.config)  # with what the prior decided, e.g. the render resolution
     if run_dir != requested:
         log.warning("%s already exists and is not empty; writing to %s", requested, run_dir)
+    if config.guidance.kind == "builtin":
+        warn_unknown_words(config.prompt.text)
     if config.guidance.kind == "target":
         log.warning(
             "the target guidance ignores the prompt: it reconstructs a known %r", config.guidance.target_shape
@@ -267,6 +274,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
             log.warning("the target guidance uses no model; guidance.model is ignored")
     print(f"run folder: {run_dir}")
     return run_training(trainer, run_dir, show_progress(args))
+
+
+def warn_unknown_words(prompt: str) -> None:
+    """The built-in prior knows only the procedural world's words; others still run, with a warning."""
+    from dreamfusion.world import unknown_words
+
+    unknown = unknown_words(prompt)
+    if unknown:
+        log.warning(
+            "the built-in prior has never seen %s %s; it knows a small world of coloured shapes "
+            "(see: dreamfusion prior vocab)",
+            "the word" if len(unknown) == 1 else "the words",
+            ", ".join(repr(w) for w in unknown),
+        )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -305,7 +326,7 @@ open-clip-torch wheel, which pip downloads once into the dreamfusion cache (the 
 
 def prior_wheel_cache() -> Path:
     # Beside the text-embedding cache, under $DREAMFUSION_CACHE (default ~/.cache/dreamfusion).
-    return default_cache_dir().parent / "wheels"
+    return dreamfusion_cache() / "wheels"
 
 
 def cmd_prior_train(args: argparse.Namespace) -> int:
@@ -382,6 +403,13 @@ def cmd_prior_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prior_vocab(args: argparse.Namespace) -> int:
+    from dreamfusion.prior.builtin import vocabulary_text
+
+    print(vocabulary_text())
+    return 0
+
+
 def add_prior_commands(sub: argparse._SubParsersAction) -> None:
     prior = sub.add_parser(
         "prior",
@@ -441,6 +469,13 @@ def add_prior_commands(sub: argparse._SubParsersAction) -> None:
         "--scale", type=positive_int, default=4, metavar="K", help="enlarge pixels K times (default 4)"
     )
     s.set_defaults(func=cmd_prior_sample)
+
+    v = commands.add_parser(
+        "vocab",
+        help="list the words the built-in prior was trained on",
+        description="List the colours, kinds, relations and templates of the built-in prior's captions.",
+    )
+    v.set_defaults(func=cmd_prior_vocab)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -524,10 +559,14 @@ def parser() -> argparse.ArgumentParser:
         "--guidance",
         choices=KINDS,
         metavar="KIND",
-        help=f"the prior: {', '.join(KINDS)} (default: from the preset, else pixel)",
+        help=f"the prior: {', '.join(KINDS)} (default: from the preset; builtin, the prior shipped with "
+        "dreamfusion)",
     )
     g.add_argument(
-        "--model", metavar="ID_OR_PATH", help="Hugging Face hub id or local folder of the prior's weights"
+        "--model",
+        metavar="ID_OR_PATH",
+        help="Hugging Face hub id or local folder of the prior's weights (implies --guidance pixel unless "
+        "--guidance says otherwise)",
     )
     g.add_argument(
         "--steps",
@@ -547,7 +586,10 @@ def parser() -> argparse.ArgumentParser:
         "--negative", metavar="TEXT", help="negative prompt for classifier-free guidance (default empty)"
     )
     g.add_argument(
-        "--preset", default="paper", metavar="NAME", help="paper (default), cpu, target, or a YAML file"
+        "--preset",
+        metavar="NAME",
+        help="builtin, paper, cpu, target, or a YAML file (default: builtin with the built-in prior, "
+        "else paper)",
     )
     add_set_option(g, "train.resolution=32")
     add_progress_option(g)

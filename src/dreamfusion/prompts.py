@@ -65,11 +65,17 @@ def validate_prompt(prompt: str) -> str:
     return cleaned
 
 
-def default_cache_dir() -> Path:
+def dreamfusion_cache() -> Path:
+    """$DREAMFUSION_CACHE, default ~/.cache/dreamfusion (under $XDG_CACHE_HOME when set)."""
     root = os.environ.get("DREAMFUSION_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dreamfusion"
     )
-    return Path(root) / "text_embeddings"
+    return Path(root)
+
+
+def default_cache_dir() -> Path:
+    """Where text embeddings are cached."""
+    return dreamfusion_cache() / "text_embeddings"
 
 
 class _WarningCapture(logging.Handler):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from dreamfusion.background import BackgroundConfig, build_background
 from dreamfusion.cameras import CameraConfig, orbit_cameras, sample_cameras
 from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from dreamfusion.config import dump_yaml
+from dreamfusion.config import dump_yaml, from_dict, load_yaml_overrides
 from dreamfusion.errors import UserError
 from dreamfusion.field import FieldConfig, build_field
 from dreamfusion.guidance import GuidanceConfig
@@ -41,7 +41,9 @@ from dreamfusion.validation import grid_image, render_views, save_png_atomic
 class TrainConfig:
     steps: int = 15000  # sec. 3.2
     batch_size: int = 1  # views per step; the paper rendered 4 (one per TPU chip)
-    resolution: int = 64  # render width = height; the paper's Imagen base model is 64x64
+    # Render width = height. None: a pixel prior's own resolution (64 for IF, like the paper's Imagen base
+    # model; 32 for the built-in prior), else 64 (a latent prior's VAE decodes from 64x64 latents).
+    resolution: int | None = None
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 3  # older periodic checkpoints are removed; the final one is always kept
@@ -55,7 +57,7 @@ class TrainConfig:
             raise ValueError(f"seed must be in [0, 2**32 - 2), got {self.seed}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
-        if not (16 <= self.resolution <= 1024 and self.resolution % 8 == 0):
+        if self.resolution is not None and not (16 <= self.resolution <= 1024 and self.resolution % 8 == 0):
             raise ValueError(f"resolution must be a multiple of 8 between 16 and 1024, got {self.resolution}")
         if (
             min(self.checkpoint_every, self.validation_every, self.validation_views, self.keep_checkpoints)
@@ -117,6 +119,18 @@ class StepMetrics:
 CHECKPOINT_FORMAT = "step_{:07d}.safetensors"
 
 
+DEFAULT_RESOLUTION = 64
+
+
+def render_resolution(config: Config, guidance: Guidance | None = None) -> int:
+    """train.resolution if set; else a pixel prior's own (renders are what it denoises); else 64."""
+    if config.train.resolution is not None:
+        return config.train.resolution
+    if guidance is not None and config.guidance.kind in ("builtin", "pixel"):
+        return guidance.image_size
+    return DEFAULT_RESOLUTION
+
+
 class Trainer:
     def __init__(
         self,
@@ -126,7 +140,10 @@ class Trainer:
         device: torch.device,
         text_cache_dir: Path | None,
     ):
-        self.config = config
+        if config.train.resolution is None:
+            train = dataclasses.replace(config.train, resolution=render_resolution(config, guidance))
+            config = dataclasses.replace(config, train=train)
+        self.config = config  # with train.resolution resolved: what config.yaml records
         self.run_dir = run_dir
         self.guidance = guidance
         self.device = device
@@ -337,6 +354,16 @@ def _logged_step(line: str) -> float:
         return float(json.loads(line)["step"])
     except (json.JSONDecodeError, KeyError, TypeError):
         return float("inf")
+
+
+def read_run_config(run_dir: Path) -> Config:
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        if not run_dir.is_dir():
+            raise UserError(f"run folder {run_dir} does not exist")
+        raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
+    # load_yaml_overrides reads YAML as dump_yaml writes it (1e-3 is a float) and reports errors in one line.
+    return from_dict(Config, load_yaml_overrides(config_path))
 
 
 def load_latest(run_dir: Path) -> Checkpoint:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -17,7 +18,8 @@ DEFAULT_MODELS = {
     "pixel": "DeepFloyd/IF-I-XL-v1.0",  # pixel-space, 64x64: the closest open model to the paper's Imagen
     "stable-diffusion": "stabilityai/stable-diffusion-2-1-base",  # what stable-dreamfusion defaults to
 }
-KINDS = ("pixel", "stable-diffusion", "target")
+# "builtin" is the pixel backend with the prior that ships in the package (prior/builtin.py): no download.
+KINDS = ("builtin", "pixel", "stable-diffusion", "target")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class GuidanceConfig:
             raise ValueError("guidance.sds.guidance_scale must be >= 0")
         if self.target_shape not in SHAPES:
             raise ValueError(f"target_shape must be one of {', '.join(SHAPES)}, got {self.target_shape!r}")
+        if self.kind == "builtin" and self.model is not None:
+            raise ValueError(
+                "guidance.model names a prior to load, but the builtin kind has its own weights: "
+                "use --guidance pixel (or stable-diffusion) with --model"
+            )
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
 
@@ -50,13 +57,22 @@ def build_guidance(
     seed: int,
     sampling: SamplingConfig,
     light: LightConfig,
-    resolution: int,
+    resolution: int | None,
+    cache: Path | None = None,
 ) -> Guidance:
     """Build the guidance named by `config.kind`. Loading a diffusion prior can raise UserError (missing
     weights, bad folder) with a one-line message. The target guidance renders with the run's sampling and
-    light settings at the run's resolution."""
+    light settings at the run's resolution (64 when unset). The builtin prior's folder (weights checked
+    against their sha256, tokenizer built once) is assembled under `cache`, default the dreamfusion cache."""
     dtype = prior_dtype(device, config.precision)
     match config.kind:
+        case "builtin":
+            from dreamfusion.guidance.pixel_diffusion import PixelDiffusionGuidance
+            from dreamfusion.prior.builtin import builtin_prior_folder
+            from dreamfusion.prompts import dreamfusion_cache
+
+            folder = builtin_prior_folder(cache or dreamfusion_cache())
+            return PixelDiffusionGuidance(str(folder), config.sds, device, dtype, seed)
         case "stable-diffusion":
             from dreamfusion.guidance.stable_diffusion import StableDiffusionGuidance
 
@@ -84,6 +100,7 @@ def build_guidance(
         case "target":
             from dreamfusion.guidance.target import TargetGuidance
 
-            return TargetGuidance(config.target_shape, sampling, light.ambient, light.diffuse, resolution)
+            size = resolution or 64
+            return TargetGuidance(config.target_shape, sampling, light.ambient, light.diffuse, size)
         case _:
             raise ValueError(f"unknown guidance kind {config.kind!r}")

@@ -43,6 +43,7 @@ from dreamfusion.world.scenes import (
     scene_from_caption,
     scene_from_id,
     scene_id,
+    unknown_words,
     vocabulary,
 )
 
@@ -83,6 +84,7 @@ __all__ = [
     "scene_from_caption",
     "scene_from_id",
     "scene_id",
+    "unknown_words",
     "view_captions",
     "vocabulary",
 ]

@@ -260,6 +260,12 @@ _KNOWN_WORDS = frozenset(
 _VIEW_SUFFIX = re.compile(r"^(?P<body>.*), (?P<view>\w+) view$")
 
 
+def unknown_words(text: str) -> list[str]:
+    """The words of `text` that no caption of the world uses, in order of appearance, each once."""
+    words = re.split(r"[\s,.;:!?]+", text.lower())
+    return list(dict.fromkeys(w for w in words if w and w not in _KNOWN_WORDS))
+
+
 @dataclass(frozen=True)
 class ParsedCaption:
     scene: Scene
@@ -269,7 +275,7 @@ class ParsedCaption:
 def parse_caption(text: str) -> ParsedCaption:
     """Read a caption of the world's grammar (case and spacing do not matter)."""
     cleaned = " ".join(text.lower().split()).rstrip(".")
-    unknown = sorted({w for w in re.split(r"[\s,]+", cleaned) if w and w not in _KNOWN_WORDS})
+    unknown = sorted(unknown_words(cleaned))
     if unknown:
         raise CaptionError(
             f"unknown word{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "

@@ -1,0 +1,196 @@
+"""How close a generated field's shape is to the true shape of its caption.
+
+The procedural world (`dreamfusion.world`) gives every caption exact geometry in the NeRF's own frame (+Z up,
+front faces +X, everything inside radius FIT_RADIUS = 0.8), so a run can be scored without a learned judge:
+
+- `volumetric_iou`: the field's density, thresholded on a regular grid, against the scene's occupancy on the
+  same grid;
+- `textureless_turntable`: the field and the true scene from evenly spaced azimuths, white and lit from the
+  camera (textureless shading, paper sec. 3.1), so that a person sees the shape without its colours.
+
+`load_run_field` rebuilds the field of a run folder written by `dreamfusion generate`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from dreamfusion.background import SolidBackground
+from dreamfusion.cameras import orbit_cameras
+from dreamfusion.errors import UserError
+from dreamfusion.field import Field, build_field
+from dreamfusion.lights import LightConfig, headlights
+from dreamfusion.sampling import SamplingConfig
+from dreamfusion.shading import ShadingMode
+from dreamfusion.trainer import Config, load_latest, read_run_config
+from dreamfusion.validation import render_views, to_uint8
+from dreamfusion.world import Scene, render_scene
+from dreamfusion.world.scenes import FIT_RADIUS
+
+# The default grid reaches this far beyond FIT_RADIUS, so the scene's outermost cells are inside it.
+SCENE_MARGIN = 0.05
+# Points per field or SDF call: bounds memory at 128^3 = 2.1M grid points.
+CHUNK = 65536
+
+
+def load_run_field(run_dir: Path | str) -> tuple[Field, Config]:
+    """The field of a run at its latest checkpoint, on the CPU in eval mode, and the run's config.
+
+    Missing config.yaml or checkpoint, or a checkpoint that does not fit the config, is a UserError.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    checkpoint = load_latest(run_dir)  # tensors on the CPU
+    # The initial weights are overwritten; a fixed generator keeps the global RNG untouched.
+    field = build_field(config.field, torch.Generator().manual_seed(0))
+    try:
+        field.load_state_dict(checkpoint.modules["field"])
+    except (KeyError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the checkpoint in {run_dir} does not match its config.yaml: {first_line}") from exc
+    return field.eval(), config
+
+
+def default_bound(field: Field) -> float:
+    """Half-width of the evaluation grid: the field's bounding sphere (floaters anywhere the renderer can
+    see count against the field) or the scene's FIT_RADIUS plus a margin, whichever is larger."""
+    return max(float(field.bound), FIT_RADIUS + SCENE_MARGIN)
+
+
+def grid_points(resolution: int, bound: float) -> Tensor:
+    """(R, R, R, 3) centres of the R^3 cubic cells that tile [-bound, bound]^3, indexed [x, y, z]."""
+    if resolution < 1 or bound <= 0:
+        raise ValueError(f"need resolution >= 1 and bound > 0, got {resolution}, {bound}")
+    cell = 2.0 * bound / resolution
+    axis = -bound + (torch.arange(resolution, dtype=torch.float32) + 0.5) * cell
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+
+
+@torch.no_grad()
+def density_grid(field: Field, resolution: int, bound: float, chunk: int = CHUNK) -> Tensor:
+    """(R, R, R) density at the cell centres of `grid_points(resolution, bound)`, on the CPU.
+
+    Density is what the renderer sees: zero outside the field's bounding sphere, where no ray is sampled.
+    """
+    device = next(field.parameters(), torch.empty(0)).device
+    points = grid_points(resolution, bound).reshape(-1, 3)
+    density = torch.zeros(points.shape[0])
+    inside = (points.norm(dim=-1) <= field.bound).nonzero().squeeze(1)
+    for start in range(0, inside.numel(), chunk):
+        rows = inside[start : start + chunk]
+        density[rows] = field.density(points[rows].to(device)).float().cpu()
+    return density.view(resolution, resolution, resolution)
+
+
+@torch.no_grad()
+def scene_occupancy_grid(scene: Scene, resolution: int, bound: float, chunk: int = CHUNK) -> Tensor:
+    """(R, R, R) bool: the cell centres of `grid_points(resolution, bound)` inside the scene."""
+    points = grid_points(resolution, bound).reshape(-1, 3)
+    inside = torch.cat([scene.occupancy(points[i : i + chunk]) for i in range(0, points.shape[0], chunk)])
+    return inside.view(resolution, resolution, resolution)
+
+
+def occupancy_threshold(cell_size: float) -> float:
+    """The density above which a point counts as occupied on a grid of cubic cells `cell_size` wide.
+
+    A ray crossing one cell of density sigma keeps exp(-sigma * cell) of its light (volume rendering, paper
+    eq. 1), so the cell is at least half opaque where sigma * cell >= ln 2. Tying the threshold to the cell
+    rather than to a fixed density makes the occupied set what a render at that scale would show as solid,
+    and keeps it stable under a change of grid resolution for a sharp surface: a field whose density jumps
+    from ~0 to far above ln 2 / cell at its surface (what a converged NeRF and `AnalyticField` do) gives the
+    same occupied set at any resolution.
+    """
+    if cell_size <= 0:
+        raise ValueError(f"cell_size must be > 0, got {cell_size}")
+    return math.log(2.0) / cell_size
+
+
+@dataclass(frozen=True)
+class OccupancyComparison:
+    iou: float  # |field AND scene| / |field OR scene|, in cells
+    field_volume: float  # occupied volume of the field, world units^3
+    scene_volume: float  # occupied volume of the true scene, world units^3
+    resolution: int
+    bound: float  # the grid spans [-bound, bound]^3
+    threshold: float  # density at and above which a cell is occupied
+
+
+def compare_occupancy(
+    field: Field,
+    scene: Scene,
+    resolution: int = 128,
+    bound: float | None = None,
+    threshold: float | None = None,
+) -> OccupancyComparison:
+    """Occupancy of the field (density >= `threshold`, default `occupancy_threshold` of the grid's cell)
+    against the scene's exact occupancy, on the same R^3 grid (default bound: `default_bound(field)`)."""
+    bound = default_bound(field) if bound is None else float(bound)
+    cell = 2.0 * bound / resolution
+    threshold = occupancy_threshold(cell) if threshold is None else float(threshold)
+    occupied = density_grid(field, resolution, bound) >= threshold
+    truth = scene_occupancy_grid(scene, resolution, bound)
+    union = int((occupied | truth).sum())
+    intersection = int((occupied & truth).sum())
+    return OccupancyComparison(
+        iou=intersection / max(union, 1),
+        field_volume=int(occupied.sum()) * cell**3,
+        scene_volume=int(truth.sum()) * cell**3,
+        resolution=resolution,
+        bound=bound,
+        threshold=threshold,
+    )
+
+
+def volumetric_iou(
+    field: Field,
+    scene: Scene,
+    resolution: int = 128,
+    bound: float | None = None,
+    threshold: float | None = None,
+) -> float:
+    """Intersection over union of the field's occupied cells and the scene's (see `compare_occupancy`)."""
+    return compare_occupancy(field, scene, resolution, bound, threshold).iou
+
+
+def textureless_turntable(
+    field: Field,
+    scene: Scene | None = None,
+    azimuths: int = 8,
+    elevation_deg: float = 30.0,
+    resolution: int = 64,
+    sampling: SamplingConfig | None = None,
+    light: LightConfig | None = None,
+    upscale: int = 2,
+) -> Image.Image:
+    """One row of textureless renders of `field` from `azimuths` evenly spaced orbit cameras (azimuth 0, the
+    front, first), on white; with `scene`, a second row of the true scene from the same cameras and light.
+
+    The field row comes from the validation renderer (`render_views`, no occupancy grid, so nothing the
+    field holds is skipped); the truth row from the world's sphere tracer (`render_scene`), shaded by the
+    same lambertian model with a headlight.
+    """
+    cameras = orbit_cameras(azimuths, resolution, elevation_deg)
+    light = light or LightConfig()
+    renders = render_views(field, SolidBackground(), cameras, sampling or SamplingConfig(), light)
+    rows = [renders.textureless]
+    if scene is not None:
+        truth = render_scene(
+            scene,
+            cameras,
+            headlights(cameras.position),
+            torch.full((azimuths,), int(ShadingMode.TEXTURELESS)),
+            torch.ones(azimuths, resolution, resolution, 3),
+            light,
+        )
+        rows.append(truth.image.clamp(0, 1))
+    strip = torch.cat([torch.cat(list(row), dim=1) for row in rows], dim=0)  # (rows * H, V * W, 3)
+    image = Image.fromarray(to_uint8(strip))
+    if upscale > 1:
+        image = image.resize((image.width * upscale, image.height * upscale), Image.NEAREST)
+    return image

@@ -37,6 +37,7 @@ from dreamfusion.config import (
 )
 from dreamfusion.device import pick_device
 from dreamfusion.errors import UserError
+from dreamfusion.export.command import add_export_command
 from dreamfusion.guidance import DEFAULT_MODELS, KINDS, build_guidance
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.prompts import default_cache_dir, dreamfusion_cache, validate_prompt
@@ -242,7 +243,22 @@ def run_training(trainer: Trainer, run_dir: Path, progress: bool) -> int:
         )
         return EXIT_INTERRUPTED
     print(f"done: {run_dir} (validation images in {run_dir / 'validation'})")
+    export_finished_run(run_dir, progress)
     return 0
+
+
+def export_finished_run(run_dir: Path, progress: bool) -> None:
+    """Meshes of every finished run (GLB, OBJ, PLY in RUN_DIR/export/); a turntable video is one
+    `dreamfusion export RUN_DIR --video` away. A field with no surface is a warning here, not a failure:
+    the run itself finished and its checkpoints are kept."""
+    from dreamfusion.export.pipeline import ExportConfig, export_run
+
+    try:
+        result = export_run(run_dir, ExportConfig(), progress)
+    except UserError as exc:
+        log.warning("nothing exported: %s", exc)
+        return
+    print(f"exported: {result.folder}")
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -605,6 +621,7 @@ def parser() -> argparse.ArgumentParser:
     add_progress_option(r)
     r.set_defaults(func=cmd_resume)
     add_prior_commands(sub)
+    add_export_command(sub)
     return p
 
 

@@ -116,6 +116,9 @@ def test_generate_defaults_to_the_builtin_prior_at_its_resolution(capsys, tmp_pa
     assert config["guidance"]["kind"] == "builtin" and config["guidance"]["model"] is None
     assert config["train"]["resolution"] == 32  # the built-in prior's own
     assert (run / "validation" / "step_0000002.png").is_file()
+    # A finished run is exported: the density blob alone already has a surface.
+    assert "exported:" in captured.out
+    assert {"model.glb", "model.obj", "model.ply"} <= {p.name for p in (run / "export").iterdir()}
 
 
 def test_builtin_with_a_model_is_refused(capsys):

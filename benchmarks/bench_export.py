@@ -38,12 +38,12 @@ FIDELITY_SIZE = 64
 
 
 def build_field(case: str):
-    from dreamfusion.export.pipeline import load_field
+    from dreamfusion.export.pipeline import load_run_checkpoint
     from dreamfusion.shapes import AnalyticField
 
     if case == ANALYTIC:
         return AnalyticField("mug")
-    field, _, _ = load_field(Path(case))
+    field, _, _ = load_run_checkpoint(Path(case))
     return field
 
 

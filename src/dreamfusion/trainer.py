@@ -24,7 +24,7 @@ from dreamfusion.cameras import CameraConfig, orbit_cameras, sample_cameras
 from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from dreamfusion.config import dump_yaml, from_dict, load_yaml_overrides
 from dreamfusion.errors import UserError
-from dreamfusion.field import FieldConfig, build_field
+from dreamfusion.field import Field, FieldConfig, build_field
 from dreamfusion.guidance import GuidanceConfig
 from dreamfusion.guidance.base import Guidance, ViewBatch
 from dreamfusion.lights import LightConfig, sample_point_lights
@@ -364,6 +364,19 @@ def read_run_config(run_dir: Path) -> Config:
         raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
     # load_yaml_overrides reads YAML as dump_yaml writes it (1e-3 is a float) and reports errors in one line.
     return from_dict(Config, load_yaml_overrides(config_path))
+
+
+def load_field(config: Config, checkpoint: Checkpoint, where: str) -> Field:
+    """The field saved in `checkpoint`, built from `config`, on the CPU in eval mode. A checkpoint that does
+    not fit the config is a UserError naming `where` (the run folder or checkpoint file)."""
+    # The initial weights are overwritten; a fixed generator keeps the global RNG untouched.
+    field = build_field(config.field, torch.Generator().manual_seed(0))
+    try:
+        field.load_state_dict(checkpoint.modules["field"])
+    except (KeyError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the checkpoint in {where} does not match its config.yaml: {first_line}") from exc
+    return field.eval()
 
 
 def load_latest(run_dir: Path) -> Checkpoint:

@@ -23,12 +23,11 @@ from torch import Tensor
 
 from dreamfusion.background import SolidBackground
 from dreamfusion.cameras import orbit_cameras
-from dreamfusion.errors import UserError
-from dreamfusion.field import Field, build_field
+from dreamfusion.field import Field
 from dreamfusion.lights import LightConfig, headlights
 from dreamfusion.sampling import SamplingConfig
 from dreamfusion.shading import ShadingMode
-from dreamfusion.trainer import Config, load_latest, read_run_config
+from dreamfusion.trainer import Config, load_field, load_latest, read_run_config
 from dreamfusion.validation import render_views, to_uint8
 from dreamfusion.world import Scene, render_scene
 from dreamfusion.world.scenes import FIT_RADIUS
@@ -46,15 +45,7 @@ def load_run_field(run_dir: Path | str) -> tuple[Field, Config]:
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    checkpoint = load_latest(run_dir)  # tensors on the CPU
-    # The initial weights are overwritten; a fixed generator keeps the global RNG untouched.
-    field = build_field(config.field, torch.Generator().manual_seed(0))
-    try:
-        field.load_state_dict(checkpoint.modules["field"])
-    except (KeyError, RuntimeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the checkpoint in {run_dir} does not match its config.yaml: {first_line}") from exc
-    return field.eval(), config
+    return load_field(config, load_latest(run_dir), str(run_dir)), config
 
 
 def default_bound(field: Field) -> float:

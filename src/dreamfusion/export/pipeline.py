@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from dreamfusion import __version__
@@ -30,8 +29,8 @@ from dreamfusion.export.formats import FORMATS, write_formats, write_json
 from dreamfusion.export.mesh import ExtractedMesh, MeshConfig, clean_mesh, marching_cubes, surface_threshold
 from dreamfusion.export.texture import TextureConfig, TexturedMesh, bake, unwrap
 from dreamfusion.export.video import TurntableConfig, write_turntable
-from dreamfusion.field import Field, build_field
-from dreamfusion.trainer import read_run_config
+from dreamfusion.field import Field
+from dreamfusion.trainer import load_field, read_run_config
 
 AXES = "+Y up, front faces +Z (glTF); (x, y, z)_file = (y, z, x)_world, world = +Z up, front +X"
 UNITS = "1 unit = 1 metre = 1 world unit of the scene (its bounding sphere has radius 1.4)"
@@ -209,22 +208,15 @@ def export_field(
     )
 
 
-def load_field(run_dir: Path, checkpoint: Path | None = None) -> tuple[Field, Path, int]:
+def load_run_checkpoint(run_dir: Path, checkpoint: Path | None = None) -> tuple[Field, Path, int]:
     """The field of a run folder at `checkpoint` (default: its latest), on the CPU in eval mode, with the
-    checkpoint's path and step. Like `evaluation.geometry.load_run_field`, which reads only the latest."""
+    checkpoint's path and step."""
     config = read_run_config(run_dir)
     path = checkpoint if checkpoint is not None else latest_checkpoint(run_dir / "checkpoints")
     if path is None:
         raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: nothing to export")
     loaded = load_checkpoint(path)
-    # The initial weights are overwritten; a fixed generator keeps the global RNG untouched.
-    field = build_field(config.field, torch.Generator().manual_seed(0))
-    try:
-        field.load_state_dict(loaded.modules["field"])
-    except (KeyError, RuntimeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the checkpoint {path} does not match {run_dir}/config.yaml: {first_line}") from exc
-    return field.eval(), path, loaded.step
+    return load_field(config, loaded, str(path)), path, loaded.step
 
 
 def export_run(
@@ -235,6 +227,6 @@ def export_run(
 ) -> ExportResult:
     """Export a run folder's field (latest checkpoint, or `checkpoint`) into RUN_DIR/export (or export-N)."""
     run_dir = Path(run_dir)
-    field, path, step = load_field(run_dir, checkpoint)
+    field, path, step = load_run_checkpoint(run_dir, checkpoint)
     source: dict[str, str | int] = {"run_dir": str(run_dir), "checkpoint": str(path), "step": step}
     return export_field(field, free_export_dir(run_dir), config, progress, source)

@@ -225,18 +225,21 @@ def load_guidance(config: Config, device: torch.device) -> Guidance:
 # Commands
 
 
+def report_abort(run_dir: Path, step: int, resume_hint: str) -> int:
+    """After an immediate stop (a second Ctrl-C): say where the last checkpoint is and how to go on."""
+    saved = latest_checkpoint(run_dir / "checkpoints")
+    where = f"the last checkpoint is {saved.name}; continue with: {resume_hint}" if saved else "no checkpoint"
+    print(f"aborted at step {step}; {where}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def run_training(trainer: Trainer, run_dir: Path, progress: bool) -> int:
     resume_hint = f"dreamfusion resume {shlex.quote(str(run_dir))}"
     try:
         finished = trainer.train(progress=progress)
     except KeyboardInterrupt:
         # A second Ctrl-C while the trainer finishes its step: stop at once, without a new checkpoint.
-        saved = latest_checkpoint(run_dir / "checkpoints")
-        where = (
-            f"the last checkpoint is {saved.name}; continue with: {resume_hint}" if saved else "no checkpoint"
-        )
-        print(f"aborted at step {trainer.step}; {where}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report_abort(run_dir, trainer.step, resume_hint)
     if not finished:
         print(
             f"stopped at step {trainer.step}; checkpoint saved. Continue with: {resume_hint}", file=sys.stderr
@@ -376,12 +379,7 @@ def cmd_prior_train(args: argparse.Namespace) -> int:
     try:
         finished = train(trainer, run_dir, args.max_minutes, show_progress(args))
     except KeyboardInterrupt:
-        saved = latest_checkpoint(run_dir / "checkpoints")
-        where = (
-            f"the last checkpoint is {saved.name}; continue with: {resume_hint}" if saved else "no checkpoint"
-        )
-        print(f"aborted at step {trainer.step}; {where}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report_abort(run_dir, trainer.step, resume_hint)
     if not finished:
         print(f"stopped at step {trainer.step} (time budget); continue with: {resume_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED

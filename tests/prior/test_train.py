@@ -17,6 +17,7 @@ from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import SDSConfig, TextEmbeddings
 from dreamfusion.guidance.pixel_diffusion import PixelDiffusionGuidance
 from dreamfusion.prior import PriorTrainer, resume_run, sample, save_grid, start_run, train
+from dreamfusion.prior.model import PriorConfig, build_scheduler
 from dreamfusion.prior.sample import ddim
 from dreamfusion.prior.train import PriorTrainConfig, learning_rate
 
@@ -127,15 +128,26 @@ def test_sampler_is_deterministic_and_writes_a_grid(exported: Path, tmp_path: Pa
     assert Image.open(path).size == (64, 64)
 
 
-def test_ddim_with_the_true_noise_returns_the_image(exported: Path):
-    """With the exact noise of a known image x (eps = (z_t - sqrt(abar) x) / sqrt(1 - abar)), every DDIM step
-    lands on the forward process of x, so 10 steps from pure noise end on x: a check of the sampler itself."""
-    scheduler = DDIMScheduler.from_pretrained(exported / "scheduler")
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_with_the_true_prediction_returns_the_image(prediction_type: str):
+    """With the exact output for a known image x (eps = (z_t - a x) / s, v = a eps - s x, where a^2 = abar
+    and s^2 = 1 - abar), every DDIM step lands on the forward process of x, so 10 steps from pure noise end
+    on x: a check of the sampler and of the prior's scheduler for either parameterisation."""
+    model = PriorConfig(prediction_type=prediction_type)  # type: ignore[arg-type]
+    scheduler = DDIMScheduler.from_config(build_scheduler(model).config)
     abar = scheduler.alphas_cumprod
     target = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
 
-    def true_noise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return (z - abar[t].sqrt() * target) / (1 - abar[t]).sqrt()
+    def true_output(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = abar[t].sqrt(), (1 - abar[t]).sqrt()
+        eps = (z - a * target) / s
+        return eps if prediction_type == "epsilon" else a * eps - s * target
 
     noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(ddim(true_noise, noise, scheduler, steps=10), target, atol=1e-4)
+    assert torch.allclose(ddim(true_output, noise, scheduler, steps=10), target, atol=1e-4)
+
+
+def test_export_records_the_prediction_type_the_guidance_reads(exported: Path):
+    """The default prior predicts v; the guidance backend must convert it, not take it for epsilon."""
+    guidance = PixelDiffusionGuidance(str(exported), SDSConfig(), torch.device("cpu"), torch.float32, seed=0)
+    assert guidance.prediction_type == "v_prediction" == PriorConfig().prediction_type

@@ -169,7 +169,11 @@ class PriorTrainer:
         z_t = abar.sqrt() * images + (1.0 - abar).sqrt() * noise  # q(z_t | x), DDPM eq. 4
         text = self.text_encoder(self.tokenize(captions)).last_hidden_state
         predicted = self.unet(z_t, t, encoder_hidden_states=text).sample
-        loss = F.mse_loss(predicted, noise)  # L_simple, DDPM eq. 14
+        if self.config.model.prediction_type == "v_prediction":
+            target = abar.sqrt() * noise - (1.0 - abar).sqrt() * images  # v, Salimans & Ho 2022
+        else:
+            target = noise  # L_simple, DDPM eq. 14
+        loss = F.mse_loss(predicted, target)
 
         lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:

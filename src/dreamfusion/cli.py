@@ -35,7 +35,7 @@ from dreamfusion.config import (
     merge_dicts,
     to_dict,
 )
-from dreamfusion.device import pick_device
+from dreamfusion.device import pick_device, use_cpu_threads
 from dreamfusion.errors import UserError
 from dreamfusion.export.command import add_export_command
 from dreamfusion.guidance import DEFAULT_MODELS, KINDS, build_guidance
@@ -273,6 +273,7 @@ def show_progress(args: argparse.Namespace) -> bool:
 def cmd_generate(args: argparse.Namespace) -> int:
     config = build_config(args)
     device = pick_device(args.device)
+    use_cpu_threads(args.threads)
     requested = args.out or Path("runs") / f"{slug(config.prompt.text)}-seed{config.train.seed}"
     run_dir = free_run_dir(requested)
     check_can_create(run_dir)
@@ -318,6 +319,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"{run_dir} already finished ({checkpoint.step} of {config.train.steps} steps)")
         return 0
     device = pick_device(args.device)
+    use_cpu_threads(args.threads)
     guidance = load_guidance(config, device)
     trainer = Trainer(config, run_dir, guidance, device, default_cache_dir())
     trainer.restore(checkpoint)
@@ -545,6 +547,15 @@ def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads (default: the cores not already busy, from the load average)",
+    )
+
+
 def add_progress_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
@@ -606,6 +617,7 @@ def parser() -> argparse.ArgumentParser:
         "else paper)",
     )
     add_set_option(g, "train.resolution=32")
+    add_threads_option(g)
     add_progress_option(g)
     g.set_defaults(func=cmd_generate)
 
@@ -616,6 +628,7 @@ def parser() -> argparse.ArgumentParser:
     )
     r.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by dreamfusion generate")
     r.add_argument("--device", metavar="DEV", help="auto (default: cuda if present), cpu, cuda or cuda:N")
+    add_threads_option(r)
     add_progress_option(r)
     r.set_defaults(func=cmd_resume)
     add_prior_commands(sub)

@@ -7,6 +7,8 @@ and CPU bf16 gave no speed-up for them); only the frozen diffusion prior runs in
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from dreamfusion.errors import UserError
@@ -37,3 +39,26 @@ def prior_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     if precision not in table:
         raise UserError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
     return table[precision]
+
+
+def cpu_threads(requested: int | None = None) -> int:
+    """Threads for torch's CPU kernels: `requested`, or by default the cores not already busy.
+
+    torch starts one thread per core. When another process holds one of them, the threads of each parallel
+    region wait on the slowest, and on a shared 2-core machine `generate` ran about 20 times slower with two
+    threads than with one (benchmarks/README.md). The load average is the cheap, portable measure of busy
+    cores; it lags by a minute, which is fine for a run that lasts longer."""
+    if requested is not None:
+        if requested < 1:
+            raise UserError(f"--threads must be at least 1, got {requested}")
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def use_cpu_threads(requested: int | None = None) -> int:
+    """Sets torch's CPU thread count (see `cpu_threads`) and returns it."""
+    threads = cpu_threads(requested)
+    torch.set_num_threads(threads)
+    return threads

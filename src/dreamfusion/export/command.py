@@ -142,6 +142,12 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> None:
     )
     video.add_argument("--no-gif", action="store_true", help="skip the GIF (the largest file)")
     e.add_argument(
+        "--threads",
+        type=lambda t: _integer(t, 1),
+        metavar="N",
+        help="CPU threads (default: the cores not already busy, from the load average)",
+    )
+    e.add_argument(
         "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
     )
     e.set_defaults(func=cmd_export)
@@ -177,9 +183,11 @@ def export_config(args: argparse.Namespace) -> ExportConfig:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from dreamfusion.device import use_cpu_threads
     from dreamfusion.export.pipeline import export_run
 
     config = export_config(args)
+    use_cpu_threads(args.threads)
     progress = not args.no_progress and sys.stderr.isatty()
     result = export_run(args.run_dir, config, progress, args.checkpoint)
     how = "chosen from the field" if result.auto_threshold else "given"

@@ -50,7 +50,8 @@ from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from dreamfusion.cameras import sample_cameras
-from dreamfusion.config import apply_overrides
+from dreamfusion.cli import preset_overrides
+from dreamfusion.config import apply_overrides, from_dict, merge_dicts, to_dict
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.base import ViewBatch
 from dreamfusion.lights import sample_point_lights
@@ -67,6 +68,7 @@ from dreamfusion.trainer import Config, Trainer
 
 CPU = torch.device("cpu")
 PROMPT = "a photo of a cute dog"
+WORLD_PROMPT = "a red cube"  # the built-in prior knows only its world's words
 # Past the albedo-only warm-up (1,000 of 15,000 steps) so shading uses normals; inside the lr warm-up; and a
 # multiple of the occupancy refresh interval, so the grid is refreshed during the untimed warm-up steps.
 START_STEP = 2000
@@ -105,6 +107,11 @@ def build_sd15_unet(folder: Path) -> None:
     UNet2DConditionModel(**stable_diffusion_15_unet_config()).save_pretrained(folder / "unet")
 
 
+def build_nothing(folder: Path) -> None:
+    """The built-in prior ships inside the package: there is no folder to write."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -112,8 +119,21 @@ class Case:
     guidance_kind: str
     build: Callable[[Path], None]
     heavy: bool = False  # seconds per step: runs --heavy-steps / --heavy-warmup instead
+    # None: the paper's Config() at a 64x64 render; a preset name: that preset as `generate` applies it,
+    # the render at the prior's own resolution, the prompt a world caption.
+    preset: str | None = None
+
+    def config(self, model_folder: Path) -> Config:
+        if self.preset is not None:
+            data = merge_dicts(to_dict(Config()), preset_overrides(self.preset))
+            return apply_overrides(from_dict(Config, data), [f"prompt.text={WORLD_PROMPT}"])
+        # The paper's 64x64 render for every other case; left unset, the render would follow each pixel
+        # prior's own resolution.
+        return apply_overrides(Config(), ["train.resolution=64", *self.overrides(model_folder)])
 
     def overrides(self, model_folder: Path) -> list[str]:
+        if self.preset is not None:
+            return [f"preset={self.preset}", f"prompt.text={WORLD_PROMPT}"]
         return [
             f"prompt.text={PROMPT}",
             f"guidance.kind={self.guidance_kind}",
@@ -125,6 +145,13 @@ class Case:
 CASES = {
     case.name: case
     for case in (
+        Case(
+            "builtin",
+            "the default preset: the shipped built-in prior at its own 32x32 (what `generate` runs)",
+            "builtin",
+            build_nothing,
+            preset="builtin",
+        ),
         Case("pixel-tiny", "tiny IF-layout pixel prior, 64x64 pixels, T5 text", "pixel", build_pixel_tiny),
         Case(
             "sd-tiny", "tiny SD-layout prior, 64x64 render -> 8x8 latents", "stable-diffusion", build_sd_tiny
@@ -276,13 +303,12 @@ def run_case(case: Case, model_folder: Path, steps: int, warmup: int) -> dict[st
     """Build the trainer as the CLI does, warm up with real steps, then time the replay and train_step."""
     started = time.perf_counter()
     overrides = case.overrides(model_folder)
-    # The paper's 64x64 render for every case (a case's own override comes later and wins); left unset, the
-    # render would follow each pixel prior's own resolution.
-    config = apply_overrides(Config(), ["train.resolution=64", *overrides])
+    config = case.config(model_folder)
     guidance = build_guidance(config.guidance, CPU, 0, config.sampling, config.light, config.train.resolution)
     # train_step writes nothing to the run folder; the checkpoint and validation code that do are not run.
     run_dir = model_folder.with_name(f"{model_folder.name}-run")
     trainer = Trainer(config, run_dir, guidance, CPU, default_cache_dir())
+    config = trainer.config  # with the render resolution the prior decided
     setup_s = time.perf_counter() - started
     unet = UNetClock(guidance.unet)
     points = PointCounter(trainer.field)
@@ -356,8 +382,8 @@ def machine() -> dict[str, object]:
     }
 
 
-def run_self(args: list[str]) -> None:
-    subprocess.run([sys.executable, __file__, *args], check=True)
+def run_self(args: list[str], env: dict[str, str] | None = None) -> None:
+    subprocess.run([sys.executable, __file__, *args], check=True, env=env)
 
 
 def markdown_table(results: list[dict[str, object]]) -> str:
@@ -431,7 +457,9 @@ def main() -> None:
     began = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
-        # Never the network, and a text-embedding cache of our own; the subprocesses inherit both.
+        # Never the network, and a text-embedding cache of our own; the subprocesses inherit both. The
+        # built-in prior's case keeps the user's cache, where its tokenizer was assembled once from a wheel.
+        user_cache = {**os.environ, "HF_HUB_OFFLINE": "1"}
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["DREAMFUSION_CACHE"] = str(Path(tmp) / "cache")
         for name in names:
@@ -449,7 +477,9 @@ def main() -> None:
                 str(args.threads),
             ]
             passed += ["--heavy-steps", str(args.heavy_steps), "--heavy-warmup", str(args.heavy_warmup)]
-            run_self(["--case", name, "--model-dir", str(model_dir), "--json-out", str(json_out), *passed])
+            env = user_cache if CASES[name].preset is not None else None
+            timing = ["--case", name, "--model-dir", str(model_dir), "--json-out", str(json_out), *passed]
+            run_self(timing, env)
             results.append(json.loads(json_out.read_text()))
 
     table = markdown_table(results)

@@ -96,7 +96,7 @@ def measure_case(
     field = build_field(case)
     config = ExportConfig(
         video=video,
-        mesh=MeshConfig(resolution=resolution, max_faces=faces or None),
+        mesh=MeshConfig(resolution=resolution or None, max_faces=faces or None),
         texture=TextureConfig(size=texture_size),
     )
     runs = []
@@ -122,7 +122,12 @@ def measure_case(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, action="append", default=[], help="a run folder (repeatable)")
-    parser.add_argument("--resolution", type=int, default=256, help="marching-cubes grid (default 256)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=256,
+        help="marching-cubes grid (default 256, issue 4's target; 0: what export picks for the field)",
+    )
     parser.add_argument("--faces", type=int, default=40_000, help="face budget, 0 for none (default 40000)")
     parser.add_argument("--texture-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)

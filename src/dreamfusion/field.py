@@ -100,6 +100,11 @@ class Field(nn.Module):
         """(N,) density only; the cheap path for occupancy updates and mesh extraction."""
         raise NotImplementedError
 
+    def detail_resolution(self) -> int | None:
+        """Cells per axis of the field's finest features across its box, or None when it has no grid (an
+        analytic shape): how finely a mesh of it is worth sampling."""
+        return None
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by learning-rate group: "grid" (feature planes, hash tables) and "mlp"."""
         return {"grid": [], "mlp": list(self.parameters())}
@@ -167,6 +172,9 @@ class TriplaneField(Field):
     # -- public -------------------------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"grid": [self.planes], "mlp": [*self.hidden.parameters(), *self.out.parameters()]}
+
+    def detail_resolution(self) -> int:
+        return self.config.plane_resolution
 
     def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
         feats = self._features(points)

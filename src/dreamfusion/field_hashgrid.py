@@ -113,6 +113,9 @@ class HashGridField(Field):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"grid": [self.table], "mlp": [*self.hidden.parameters(), *self.out.parameters()]}
 
+    def detail_resolution(self) -> int:
+        return self.resolutions[-1]
+
     def _encode(self, points: Tensor, with_derivative: bool) -> tuple[Tensor, Tensor | None]:
         """Features (F, L, N) and, if asked, their derivative along x, y, z in cells, (3, F, L, N)."""
         unit = ((points / self.bound + 1) * 0.5).clamp(0, 1)  # the cube [-bound, bound]^3 -> [0, 1]^3

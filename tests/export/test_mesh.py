@@ -18,11 +18,12 @@ from dreamfusion.export.mesh import (
     MeshConfig,
     clean_mesh,
     extract_mesh,
+    grid_resolution,
     half_opacity_threshold,
     marching_cubes,
     unit_vertex_normals,
 )
-from dreamfusion.field import Field
+from dreamfusion.field import Field, FieldConfig, build_field
 from dreamfusion.shapes import AnalyticField
 
 LN2 = math.log(2.0)
@@ -117,3 +118,13 @@ def test_decimation_keeps_the_face_budget_and_the_shape():
     assert len(mesh.faces) <= 1000 < before == len(full.mesh.faces) and removed == 0
     assert mesh.volume == pytest.approx(full.mesh.volume, rel=0.03)
     assert (np.einsum("ij,ij->i", mesh.face_normals, mesh.triangles_center) > 0).mean() > 0.99
+
+
+def test_grid_resolution_follows_the_field_unless_given():
+    """Twice the finest features per axis, within [64, 256]; an analytic shape has no grid and gets 256."""
+    auto = MeshConfig()
+    assert grid_resolution(build_field(FieldConfig(kind="triplane", plane_resolution=64)), auto) == 128
+    assert grid_resolution(build_field(FieldConfig(kind="triplane", plane_resolution=16)), auto) == 64
+    assert grid_resolution(build_field(FieldConfig(kind="hashgrid")), auto) == 256
+    assert grid_resolution(AnalyticField("sphere"), auto) == 256
+    assert grid_resolution(AnalyticField("sphere"), MeshConfig(resolution=96)) == 96

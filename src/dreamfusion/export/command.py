@@ -95,9 +95,9 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> None:
     mesh.add_argument(
         "--resolution",
         type=lambda t: _integer(t, 16, 512),
-        default=256,
         metavar="N",
-        help="marching-cubes grid cells per axis over the scene's cube (default 256)",
+        help="marching-cubes grid cells per axis over the scene's cube (default: twice the field's finest "
+        "features, 64-256; 128 for the default triplane)",
     )
     mesh.add_argument(
         "--threshold",

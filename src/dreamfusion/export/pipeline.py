@@ -26,7 +26,14 @@ from dreamfusion.checkpoint import latest_checkpoint, load_checkpoint
 from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import density_grid
 from dreamfusion.export.formats import FORMATS, write_formats, write_json
-from dreamfusion.export.mesh import ExtractedMesh, MeshConfig, clean_mesh, marching_cubes, surface_threshold
+from dreamfusion.export.mesh import (
+    ExtractedMesh,
+    MeshConfig,
+    clean_mesh,
+    grid_resolution,
+    marching_cubes,
+    surface_threshold,
+)
 from dreamfusion.export.texture import TextureConfig, TexturedMesh, bake, unwrap
 from dreamfusion.export.video import TurntableConfig, write_turntable
 from dreamfusion.field import Field
@@ -93,9 +100,10 @@ def _mesh_and_texture(
 ) -> tuple[ExtractedMesh, TexturedMesh]:
     """The stages that can fail because of the scene; nothing is written yet."""
     bound = float(field.bound)
-    cell = 2.0 * bound / config.mesh.resolution
+    resolution = grid_resolution(field, config.mesh)
+    cell = 2.0 * bound / resolution
     with stage("density grid"):
-        grid = density_grid(field, config.mesh.resolution, bound)
+        grid = density_grid(field, resolution, bound)
     with stage("threshold"):
         threshold, auto = surface_threshold(grid, cell, config.mesh)
     with stage("marching cubes"):
@@ -107,7 +115,7 @@ def _mesh_and_texture(
         atlas = unwrap(mesh, config.texture)
     with stage("bake"):
         textured = bake(field, mesh, atlas, config.texture.size)
-    return ExtractedMesh(mesh, threshold, auto, config.mesh.resolution, removed, before), textured
+    return ExtractedMesh(mesh, threshold, auto, resolution, removed, before), textured
 
 
 def _write_folder(

@@ -4,7 +4,6 @@ and a run folder read back into the very field its trainer optimised."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,6 @@ from dreamfusion.world import Scene, scene_from_caption
 
 SHAPES_SPHERE_RADIUS = 0.5  # shapes.shape_geometry("sphere")
 WORLD_SPHERE_RADIUS = 0.6  # world.objects.kind_geometry("sphere")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class ConstantField(Field):

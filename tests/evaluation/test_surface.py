@@ -3,8 +3,6 @@ lie on the true surface, and colour differences that are zero or scikit-image's 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -21,16 +19,6 @@ from dreamfusion.world import scene_from_caption
 
 RADIUS = 0.6  # world.objects.kind_geometry("sphere")
 SPHERE = scene_from_caption("a red sphere")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors are far faster on one thread; two on a shared 2-core machine spin and wait (12 s vs 0.1 s
-    for the surface sampler)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def generator(seed: int = 0) -> torch.Generator:

@@ -3,11 +3,9 @@ tiny run folder written by the real trainer. Everything on one thread, as the ot
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from dreamfusion.config import dump_yaml
 from dreamfusion.export.mesh import MeshConfig
@@ -30,14 +28,6 @@ SMALL = ExportConfig(
         contact_sheet_frames=4,
     ),
 )
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="package")

@@ -18,15 +18,6 @@ from dreamfusion.testing import save_tiny_pixel_diffusion
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models are far faster on one thread; two threads on a shared 2-core machine spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_if(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_pixel_diffusion(tmp_path_factory.mktemp("tiny-if"))

@@ -3,11 +3,10 @@ dreamfusion.testing (no download), 16 px renders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from dreamfusion.prior import PriorConfig, PriorTrainConfig
 from dreamfusion.prior.tokenizer import END_OF_WORD, NUM_MERGES, bytes_to_unicode
@@ -44,15 +43,6 @@ def synthetic_clip_merges() -> str:
 def write_tiny_tokenizer(folder: Path, max_tokens: int) -> Path:
     save_clip_tokenizer(folder)
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models are far faster on one thread; two threads on a shared 2-core machine spin and wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

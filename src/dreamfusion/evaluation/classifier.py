@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dreamfusion.cameras import sample_cameras
+from dreamfusion.cameras import Cameras, sample_cameras
 from dreamfusion.config import from_dict, to_dict
 from dreamfusion.errors import UserError
 from dreamfusion.lights import sample_point_lights
@@ -103,17 +103,25 @@ class Labels(NamedTuple):
     colour: Tensor  # (B,) long, indices into COLOUR_NAMES
 
 
+def conv_stages(in_channels: int, channels: Sequence[int], convs_per_stage: int) -> list[nn.Module]:
+    """Per width in `channels`: `convs_per_stage` 3x3 convs (each with batch norm and ReLU), then a 2x2 max
+    pool; each stage halves the resolution."""
+    layers: list[nn.Module] = []
+    width = in_channels
+    for out in channels:
+        for _ in range(convs_per_stage):
+            layers += [nn.Conv2d(width, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            width = out
+        layers.append(nn.MaxPool2d(2))
+    return layers
+
+
 class WorldClassifier(nn.Module):
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = config
-        stages, width = [], 3
-        for out in config.channels:
-            for _ in range(config.convs_per_stage):
-                stages += [nn.Conv2d(width, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
-                width = out
-            stages.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*stages)
+        self.features = nn.Sequential(*conv_stages(3, config.channels, config.convs_per_stage))
+        width = config.channels[-1]
         self.kind_head = nn.Linear(width, len(KIND_NAMES))
         self.colour_head = nn.Linear(width, len(COLOUR_NAMES))
 
@@ -156,13 +164,28 @@ def sample_objects(
     return tuple(objects[i] for i in picks)
 
 
-def render_objects(
-    objects: Sequence[WorldObject], resolution: int, generator: torch.Generator, world: WorldBatchConfig
-) -> LabelledRenders:
-    """One render per object, drawn like world.sample_training_batch draws its images (cameras, lights,
-    shading modes, backgrounds, in that order) but of objects chosen by the caller, held-out ones included,
-    which the training sampler never yields."""
-    n = len(objects)
+# (n, size, generator) -> (n, size, size, 3) background images in [0, 1]
+BackgroundSampler = Callable[[int, int, torch.Generator], Tensor]
+
+
+@dataclass(frozen=True)
+class SceneRenders:
+    images: Tensor  # (N, H, W, 3) in [0, 1]
+    modes: Tensor  # (N,) ShadingMode of each render
+    cameras: Cameras
+
+
+def render_random_views(
+    scenes: Sequence[Scene],
+    resolution: int,
+    generator: torch.Generator,
+    world: WorldBatchConfig,
+    backgrounds: BackgroundSampler | None = None,
+) -> SceneRenders:
+    """One render per scene from a random camera, light and shading mode of `world`, drawn in the order
+    world.sample_training_batch draws them (cameras, lights, modes, backgrounds). `backgrounds` defaults to
+    the world's solid colours and gradients, of any colour."""
+    n = len(scenes)
     cameras = sample_cameras(world.camera, n, resolution, generator)
     lights = sample_point_lights(cameras.position, world.light, generator)
     modes = torch.multinomial(
@@ -170,17 +193,28 @@ def render_objects(
     )
     ss = world.supersample
     fine = resolution * ss
-    backgrounds = sample_backgrounds(n, fine, fine, generator, world.gradient_background_fraction)
+    if backgrounds is None:
+        background = sample_backgrounds(n, fine, fine, generator, world.gradient_background_fraction)
+    else:
+        background = backgrounds(n, fine, generator)
     fine_cameras = dataclasses.replace(cameras, focal_px=cameras.focal_px * ss, width=fine, height=fine)
-    scenes = [Scene(o) for o in objects]
-    render = render_scene(scenes, fine_cameras, lights, modes, backgrounds, world.light, world.tracer)
+    render = render_scene(list(scenes), fine_cameras, lights, modes, background, world.light, world.tracer)
     images = F.avg_pool2d(render.image.permute(0, 3, 1, 2), ss).permute(0, 2, 3, 1)
-    labels = labels_of(objects)
+    return SceneRenders(images, modes, cameras)
+
+
+def render_objects(
+    objects: Sequence[WorldObject], resolution: int, generator: torch.Generator, world: WorldBatchConfig
+) -> LabelledRenders:
+    """One render per object, drawn like world.sample_training_batch draws its images (cameras, lights,
+    shading modes, backgrounds, in that order) but of objects chosen by the caller, held-out ones included,
+    which the training sampler never yields."""
+    renders = render_random_views([Scene(o) for o in objects], resolution, generator, world)
     views = tuple(
         view_word(float(e), float(a), world.prompt)
-        for e, a in zip(cameras.elevation_deg, cameras.azimuth_deg, strict=True)
+        for e, a in zip(renders.cameras.elevation_deg, renders.cameras.azimuth_deg, strict=True)
     )
-    return LabelledRenders(images, labels, views)
+    return LabelledRenders(renders.images, labels_of(objects), views)
 
 
 def render_labelled(
@@ -211,11 +245,16 @@ def classifier_loss(logits: Logits, labels: Labels) -> Tensor:
 
 
 def learning_rate(config: ClassifierConfig, step: int) -> float:
-    warmup = max(1, config.steps // 10)
+    return warmup_cosine(config.learning_rate, step, config.steps)
+
+
+def warmup_cosine(peak: float, step: int, steps: int) -> float:
+    """Linear warm-up to `peak` over the first 10 % of `steps`, then a half cosine down to 0."""
+    warmup = max(1, steps // 10)
     if step < warmup:
-        return config.learning_rate * (step + 1) / warmup
-    progress = (step - warmup) / max(1, config.steps - warmup)
-    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def training_step(

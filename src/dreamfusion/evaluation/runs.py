@@ -1,0 +1,215 @@
+"""Scoring finished runs (issue #5): what `dreamfusion eval RUN_DIR...` writes into each run as eval.json.
+
+For every run:
+
+- **R-Precision** (paper App. A.3; `rprecision.py`). The field is rendered from `views` azimuths at 30 deg
+  elevation on white, lit from the camera. Color: each lambertian render ranks the run's prompt among the
+  evaluation suite's captions (`suite.py`). Geo: each textureless render ranks the prompt's shape-only
+  caption among the suite's shape captions, because a textureless render shows no colour. A prompt outside
+  the suite joins the candidates; one the world cannot read has no shape caption and no Geo score.
+- **Ground truth**, when the prompt is a caption of the procedural world: the volumetric IoU of the
+  thresholded density (`geometry.py`), the Chamfer distance from the extracted mesh to the true surface and
+  the mean CIEDE2000 between the field's albedo on that mesh and the true albedo (`surface.py`).
+- **Time**: the optimisation's own seconds, summed from metrics.jsonl.
+
+The image-text model is the project's world judge by default (`judge.py`), or any CLIP by Hugging Face id or
+folder (`image_text.py`); eval.json names the one used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import trimesh
+
+from dreamfusion.background import SolidBackground
+from dreamfusion.cameras import orbit_cameras
+from dreamfusion.errors import UserError
+from dreamfusion.evaluation.geometry import load_run_field, volumetric_iou
+from dreamfusion.evaluation.image_text import ImageTextModel
+from dreamfusion.evaluation.rprecision import r_precision, view_ranks
+from dreamfusion.evaluation.suite import ELEVATION_DEG, VIEWS, SuitePrompt, evaluation_suite, shape_captions
+from dreamfusion.evaluation.surface import albedo_delta_e, chamfer_to_scene
+from dreamfusion.export.mesh import MeshConfig, extract_mesh
+from dreamfusion.field import Field
+from dreamfusion.lights import LightConfig
+from dreamfusion.sampling import SamplingConfig
+from dreamfusion.validation import render_views
+from dreamfusion.world import CaptionError, Scene, is_held_out, scene_from_caption
+
+JUDGE = "judge"  # the model name that means the project's own world judge
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    views: int = VIEWS  # azimuths 0, 360/views, ... at elevation_deg
+    elevation_deg: float = ELEVATION_DEG
+    resolution: int = 64  # pixels of the renders the image-text model sees
+    iou_resolution: int = 128  # grid cells per axis for the volumetric IoU
+    surface_samples: int = 20_000  # points per direction for Chamfer, on the mesh for the colour error
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.views < 1 or self.resolution < 8 or self.iou_resolution < 8 or self.surface_samples < 1:
+            raise ValueError("views >= 1, resolution >= 8, iou_resolution >= 8 and surface_samples >= 1")
+
+
+def load_image_text_model(name: str = JUDGE, device: torch.device | None = None) -> ImageTextModel:
+    """`judge`: the world judge shipped with the package; anything else: a CLIP id or local folder."""
+    if name == JUDGE:
+        from dreamfusion.evaluation.judge import load_packaged_judge
+
+        return load_packaged_judge()
+    from dreamfusion.evaluation.image_text import ClipImageText
+
+    return ClipImageText(name, device=device or torch.device("cpu"))
+
+
+def world_scene(prompt: str) -> Scene | None:
+    """The procedural world's scene for `prompt`, or None when the world cannot read it."""
+    try:
+        return scene_from_caption(prompt)
+    except CaptionError:
+        return None
+
+
+def candidates_for(prompt: str, scene: Scene | None, suite: Sequence[SuitePrompt]) -> tuple[SuitePrompt, ...]:
+    """The suite, with the run's own prompt added when it is not one of the suite's captions."""
+    if any(p.caption == prompt for p in suite):
+        return tuple(suite)
+    own = SuitePrompt(prompt, scene, is_held_out(scene)) if scene is not None else None
+    return (*suite, own) if own is not None else tuple(suite)
+
+
+@torch.no_grad()
+def rprecision_scores(
+    shaded: torch.Tensor,
+    textureless: torch.Tensor,
+    prompt: str,
+    scene: Scene | None,
+    model: ImageTextModel,
+    suite: Sequence[SuitePrompt],
+) -> dict[str, object]:
+    """Color and Geo ranks of one run's views (see the module docstring)."""
+    prompts = candidates_for(prompt, scene, suite)
+    captions = [p.caption for p in prompts]
+    if prompt not in captions:  # a prompt the world cannot read: Color only
+        captions.append(prompt)
+    true = torch.tensor([captions.index(prompt)])
+    color = view_ranks(model.embed_images(shaded)[None], model.embed_texts(captions), true)[0]
+    result: dict[str, object] = {
+        "color": r_precision(color),
+        "color_ranks": color.tolist(),
+        "color_candidates": len(captions),
+    }
+    if scene is None:
+        return result | {"geo": None, "geo_note": "the procedural world cannot read the prompt"}
+    shapes, truth = shape_captions(prompts)
+    own = truth[[p.caption for p in prompts].index(prompt)]
+    geo = view_ranks(model.embed_images(textureless)[None], model.embed_texts(shapes), torch.tensor([own]))[0]
+    return result | {
+        "geo": r_precision(geo),
+        "geo_ranks": geo.tolist(),
+        "geo_candidates": len(shapes),
+        "geo_caption": shapes[own],
+        "geo_note": "textureless renders against shape-only captions: colour cannot be seen without texture",
+    }
+
+
+def ground_truth_metrics(field: Field, scene: Scene, config: EvalConfig) -> dict[str, object]:
+    """IoU, Chamfer and colour error against the scene's exact geometry and albedo."""
+    result: dict[str, object] = {"iou": volumetric_iou(field, scene, config.iou_resolution)}
+    try:
+        mesh = extract_mesh(field, MeshConfig()).mesh
+    except UserError as exc:  # an empty field has no mesh: the IoU above already says how bad that is
+        return result | {"chamfer": None, "delta_e": None, "mesh_note": str(exc)}
+    generator = torch.Generator().manual_seed(config.seed)
+    chamfer = chamfer_to_scene(mesh, scene, config.surface_samples, generator)
+    points = torch.from_numpy(
+        trimesh.sample.sample_surface(mesh, config.surface_samples, seed=config.seed)[0]
+    ).float()
+    with torch.no_grad():
+        albedo = field(points).albedo
+    return result | {
+        "chamfer": chamfer.chamfer,
+        "chamfer_mesh_to_scene": chamfer.mesh_to_scene,
+        "chamfer_scene_to_mesh": chamfer.scene_to_mesh,
+        "delta_e": albedo_delta_e(points, albedo, scene),
+    }
+
+
+def optimisation_seconds(run_dir: Path) -> float | None:
+    """Seconds the run's steps took, summed from metrics.jsonl (None without one)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return float(sum(r.get("seconds", 0.0) for r in records))
+
+
+def evaluate_run(
+    run_dir: Path,
+    model: ImageTextModel,
+    config: EvalConfig = EvalConfig(),
+    suite: Sequence[SuitePrompt] | None = None,
+) -> dict[str, object]:
+    """Every score of one run folder, as eval.json holds them."""
+    run_dir = Path(run_dir)
+    field, run_config = load_run_field(run_dir)
+    prompt = run_config.prompt.text
+    scene = world_scene(prompt)
+    cameras = orbit_cameras(config.views, config.resolution, config.elevation_deg)
+    renders = render_views(field, SolidBackground(), cameras, SamplingConfig(), LightConfig())
+    scores = rprecision_scores(
+        renders.shaded, renders.textureless, prompt, scene, model, suite or evaluation_suite()
+    )
+    truth = ground_truth_metrics(field, scene, config) if scene is not None else None
+    return {
+        "run": run_dir.name,
+        "prompt": prompt,
+        "world_caption": scene is not None,
+        "held_out": None if scene is None else is_held_out(scene),
+        "image_text_model": model.name,
+        "config": asdict(config),
+        "r_precision": scores,
+        "ground_truth": truth,
+        "optimisation_seconds": optimisation_seconds(run_dir),
+    }
+
+
+def free_eval_path(run_dir: Path) -> Path:
+    """eval.json, or eval-2.json, ...: an earlier evaluation is never overwritten."""
+    path, n = run_dir / "eval.json", 1
+    while path.exists():
+        n += 1
+        path = run_dir / f"eval-{n}.json"
+    return path
+
+
+def write_eval(run_dir: Path, result: dict[str, object]) -> Path:
+    path = free_eval_path(Path(run_dir))
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def summary_line(result: dict[str, object]) -> str:
+    """One line per run for the terminal."""
+    scores = result["r_precision"]
+    truth = result["ground_truth"] or {}
+
+    def pct(x: object) -> str:
+        return "-" if x is None else f"{100 * float(x):.0f}%"
+
+    def num(x: object, digits: int = 3) -> str:
+        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.{digits}f}"
+
+    return (
+        f"{result['run']}: R-Prec Color {pct(scores['color'])}, Geo {pct(scores.get('geo'))}, "
+        f"IoU {num(truth.get('iou'))}, Chamfer {num(truth.get('chamfer'))}, "
+        f"colour error {num(truth.get('delta_e'), 1)} dE"
+    )

@@ -1,0 +1,127 @@
+"""Scoring run folders (dreamfusion.evaluation.runs): R-Precision with a stand-in image-text model whose
+answers are known, ground-truth metrics of a tiny real run, and eval.json never overwritten."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from dreamfusion.config import dump_yaml
+from dreamfusion.evaluation.runs import (
+    EvalConfig,
+    evaluate_run,
+    rprecision_scores,
+    summary_line,
+    world_scene,
+    write_eval,
+)
+from dreamfusion.evaluation.suite import evaluation_suite, shape_caption
+from helpers import make_trainer, target_config
+
+SMALL = EvalConfig(views=2, resolution=16, iou_resolution=32, surface_samples=500)
+
+
+class CaptionOracle:
+    """Embeds texts one-hot by their position in `vocabulary`; every image as the caption it is told to
+    show. A model that is always right (or, told the wrong caption, always wrong)."""
+
+    name = "oracle"
+
+    def __init__(self, vocabulary: Sequence[str], shows: str, shows_shape: str):
+        self.vocabulary = list(dict.fromkeys(vocabulary))
+        self.shows, self.shows_shape = shows, shows_shape
+        self.calls = 0
+
+    def embed_texts(self, texts: Sequence[str]) -> Tensor:
+        return torch.stack([self._one_hot(t) for t in texts])
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        # The first call embeds the lambertian renders, the second the textureless ones.
+        self.calls += 1
+        caption = self.shows if self.calls == 1 else self.shows_shape
+        return self._one_hot(caption).expand(images.shape[0], -1)
+
+    def _one_hot(self, text: str) -> Tensor:
+        if text not in self.vocabulary:
+            self.vocabulary.append(text)
+        return torch.nn.functional.one_hot(torch.tensor(self.vocabulary.index(text)), 256).float()
+
+
+def _oracle(shows: str, shows_shape: str) -> CaptionOracle:
+    suite = evaluation_suite()
+    return CaptionOracle(
+        [p.caption for p in suite] + [shape_caption(p.scene) for p in suite], shows, shows_shape
+    )
+
+
+def test_a_model_that_sees_the_prompt_ranks_it_first_in_every_view():
+    prompt = "a red cube"
+    images = torch.rand(3, 8, 8, 3)
+    scores = rprecision_scores(
+        images, images, prompt, world_scene(prompt), _oracle(prompt, "a cube"), evaluation_suite()
+    )
+    assert scores["color"] == 1.0 and scores["color_ranks"] == [0, 0, 0]
+    assert scores["geo"] == 1.0 and scores["geo_caption"] == "a cube"
+    assert scores["color_candidates"] == len(evaluation_suite())
+
+
+def test_a_model_that_sees_another_caption_never_scores():
+    prompt = "a red cube"
+    images = torch.rand(2, 8, 8, 3)
+    oracle = _oracle("a blue sphere", "a sphere")
+    scores = rprecision_scores(images, images, prompt, world_scene(prompt), oracle, evaluation_suite())
+    assert scores["color"] == 0.0 and scores["geo"] == 0.0
+    assert all(r >= 1 for r in scores["color_ranks"])
+
+
+def test_prompts_outside_the_suite_join_the_candidates_and_outside_the_world_lose_geo():
+    images = torch.rand(2, 8, 8, 3)
+    suite = evaluation_suite()
+    inside = rprecision_scores(
+        images, images, "a gray torus", world_scene("a gray torus"), _oracle("a gray torus", "a torus"), suite
+    )
+    assert inside["color_candidates"] == len(suite) + 1 and inside["color"] == 1.0
+    outside = rprecision_scores(
+        images, images, "a photo of a dog", None, _oracle("a photo of a dog", ""), suite
+    )
+    assert outside["color"] == 1.0 and outside["geo"] is None and "cannot read" in outside["geo_note"]
+
+
+@pytest.fixture(scope="module")
+def sphere_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 steps of the target guidance towards a sphere, prompted with a world caption."""
+    run_dir = tmp_path_factory.mktemp("runs") / "sphere"
+    config = target_config("sphere", 4, 16, "sampling.samples_per_ray=16", "prompt.text=a red sphere")
+    trainer = make_trainer(config, run_dir)
+    (run_dir / "config.yaml").write_text(dump_yaml(trainer.config))
+    assert trainer.train(progress=False, handle_sigint=False)
+    return run_dir
+
+
+def test_a_run_gets_every_score_and_eval_json_is_never_overwritten(sphere_run: Path):
+    result = evaluate_run(sphere_run, _oracle("a red sphere", "a sphere"), SMALL)
+    assert result["prompt"] == "a red sphere" and result["world_caption"] and not result["held_out"]
+    assert result["r_precision"]["color"] == 1.0 and len(result["r_precision"]["geo_ranks"]) == 2
+    truth = result["ground_truth"]
+    assert 0.0 <= truth["iou"] <= 1.0
+    # The initial blob has a surface, so a mesh: Chamfer in world units and a colour error in dE.
+    assert truth["chamfer"] is not None and 0.0 <= truth["chamfer"] < 1.4
+    assert truth["delta_e"] is not None and 0.0 <= truth["delta_e"] <= 150.0
+    assert result["optimisation_seconds"] > 0
+    first, second = write_eval(sphere_run, result), write_eval(sphere_run, result)
+    assert (first.name, second.name) == ("eval.json", "eval-2.json")
+    assert json.loads(first.read_text())["prompt"] == "a red sphere"
+    assert summary_line(result).startswith("sphere: R-Prec Color 100%")
+
+
+def test_eval_command_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from dreamfusion.cli import main
+
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a run folder" in err

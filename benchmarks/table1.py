@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.evaluation.rprecision import r_precision
 from dreamfusion.evaluation.runs import JUDGE, load_image_text_model
 from dreamfusion.evaluation.suite import SEEDS, SuitePrompt, evaluation_suite, ground_truth_rprecision
 
@@ -174,15 +175,21 @@ def markdown(table: dict[str, dict[str, dict[str, float | None]]], model_name: s
 
 
 def ground_truth_row(model: object, prompts: tuple[SuitePrompt, ...]) -> dict[str, dict[str, float | None]]:
-    scores = ground_truth_rprecision(model, prompts)
+    """R-Precision of the exact scenes' renders, ranked among the whole suite's captions as runs are, over
+    the rows of `prompts`; IoU, Chamfer and colour error are exact by definition."""
+    suite = evaluation_suite()
+    scores = ground_truth_rprecision(model, suite)
     row = {}
     for split, held_out in (("held-in", False), ("held-out", True), ("all", None)):
-        if not any(held_out is None or p.held_out == held_out for p in prompts):
+        rows = [
+            i for i, p in enumerate(suite) if p in prompts and (held_out is None or p.held_out == held_out)
+        ]
+        if not rows:
             continue
         row[split] = {
             "runs": 0,
-            "color": scores.score(scores.color_ranks, held_out),
-            "geo": scores.score(scores.geo_ranks, held_out),
+            "color": r_precision(scores.color_ranks[rows]),
+            "geo": r_precision(scores.geo_ranks[rows]),
             "iou": 1.0,
             "chamfer": 0.0,
             "delta_e": 0.0,

@@ -554,7 +554,9 @@ def package_folder() -> Path:
 
 
 def load_packaged_judge(cache: Path | None = None) -> WorldJudge:
-    return load_judge(package_folder(), cache)
+    judge = load_judge(package_folder(), cache)
+    judge.name = "world judge v1 (packaged)"  # reports name the model, not this machine's paths
+    return judge
 
 
 # ---- the command line ----

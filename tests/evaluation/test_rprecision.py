@@ -17,6 +17,16 @@ def test_each_image_matching_its_prompt_ranks_first():
     assert r_precision(ranks) == 1.0
 
 
+def test_three_prompts_with_known_rankings():
+    """The issue's hand-made case: 3 prompts, 3 images. Image 0 is nearest its own prompt; image 1 is nearer
+    prompt 0 than its own prompt 1; image 2 is nearer both others than its own prompt 2."""
+    prompts = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    images = torch.tensor([[0.9, 0.3, 0.1], [0.8, 0.5, 0.0], [0.6, 0.5, 0.2]])
+    ranks = retrieval_ranks(images, prompts, torch.tensor([0, 1, 2]))
+    assert ranks.tolist() == [0, 1, 2]
+    assert r_precision(ranks) == pytest.approx(1 / 3)
+
+
 def test_rank_counts_the_prompts_more_similar_than_the_true_one():
     image = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
     assert [int(retrieval_ranks(image, EYE, torch.tensor([i]))) for i in range(4)] == [0, 1, 2, 3]

@@ -59,6 +59,7 @@ from dreamfusion.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
+from dreamfusion.evaluation.judge import WorldJudge, load_packaged_judge
 from dreamfusion.prior import sample, save_grid
 from dreamfusion.prompts import VIEWS, with_view
 from dreamfusion.world import COLOUR_NAMES, HELD_OUT_OBJECTS, KIND_NAMES, WorldObject
@@ -185,6 +186,25 @@ def per_kind(true: Labels, predicted: Labels) -> list[KindResult]:
     return rows
 
 
+def world_judge_labels(judge: WorldJudge, images: torch.Tensor) -> Labels:
+    """Kind and colour as the world judge reads them, zero-shot: the single-object caption it ranks first
+    among all 110 colour-kind pairs."""
+    objects = [WorldObject(k, c) for k in KIND_NAMES for c in COLOUR_NAMES]
+    with torch.no_grad():
+        best = (judge.embed_images(images) @ judge.embed_texts([o.phrase() for o in objects]).T).argmax(1)
+    return labels_of([objects[i] for i in best.tolist()])
+
+
+def world_judge_on_renders(judge: WorldJudge, model: WorldClassifier, n: int) -> dict[str, Accuracy]:
+    """The world judge on the same kind of fresh renders the classifier is tested on (its own seed)."""
+    generator = torch.Generator().manual_seed(JUDGE_TEST_SEED + 1)
+    out = {}
+    for split, objects in (("held-in", HELD_IN_OBJECTS), ("held-out", HELD_OUT_OBJECTS)):
+        renders = render_labelled(n, model.config, generator, objects, progress=False)
+        out[f"{split}, all views"] = accuracy(world_judge_labels(judge, renders.images), renders.labels)
+    return out
+
+
 def accuracy_table(title: str, results: dict[str, Accuracy]) -> str:
     lines = [f"| {title} | n | kind acc | colour acc | both |", "|---|---:|---:|---:|---:|"]
     for name, a in results.items():
@@ -258,6 +278,15 @@ def main() -> None:
         "held-out": judge_prior(judge, HELD_OUT_OBJECTS, args, views, args.seed + 1000, progress),
     }
     seconds["prior_sample_and_classify"] = time.monotonic() - tic
+
+    # A second reader: the project's world judge (dreamfusion.evaluation.judge), zero-shot.
+    tic = time.monotonic()
+    world_judge = load_packaged_judge()
+    world_on_renders = world_judge_on_renders(world_judge, judge, args.judge_images)
+    world_on_samples = {
+        split: accuracy(world_judge_labels(world_judge, r.images), r.true) for split, r in results.items()
+    }
+    seconds["world_judge"] = time.monotonic() - tic
     seconds["total"] = time.monotonic() - start
     prior_results = {split: r.accuracy for split, r in results.items()}
     kind_rows = per_kind(results["held-in"].true, results["held-in"].predicted)
@@ -275,6 +304,10 @@ def main() -> None:
     )
     print()
     print(kind_table(kind_rows))
+    print()
+    print(accuracy_table("world judge (zero-shot over 110 captions) on fresh renders", world_on_renders))
+    print()
+    print(accuracy_table("prior samples, read by the world judge", world_on_samples))
     print()
     print(
         f"acceptance (held-in kind >= {KIND_THRESHOLD:.2f}, colour >= {COLOUR_THRESHOLD:.2f}): "
@@ -302,6 +335,11 @@ def main() -> None:
             "accuracy_on_renders": {k: dataclasses.asdict(v) for k, v in judge_results.items()},
         },
         "prior_accuracy": {k: dataclasses.asdict(v) for k, v in prior_results.items()},
+        "world_judge": {
+            "name": world_judge.name,
+            "accuracy_on_renders": {k: dataclasses.asdict(v) for k, v in world_on_renders.items()},
+            "prior_accuracy": {k: dataclasses.asdict(v) for k, v in world_on_samples.items()},
+        },
         "held_in_per_kind": [dataclasses.asdict(r) for r in kind_rows],
         "kind_confusion": {
             "classes": list(KIND_NAMES),

@@ -38,6 +38,7 @@ from dreamfusion.config import (
 from dreamfusion.device import pick_device, use_cpu_threads
 from dreamfusion.errors import UserError
 from dreamfusion.export.command import add_export_command
+from dreamfusion.files import write_text_atomic
 from dreamfusion.guidance import DEFAULT_MODELS, KINDS, build_guidance
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.prompts import default_cache_dir, dreamfusion_cache, validate_prompt
@@ -190,12 +191,6 @@ def create_run_dir(run_dir: Path, config: Config) -> None:
         write_text_atomic(run_dir / "config.yaml", dump_yaml(config))
     except OSError as exc:
         raise UserError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from exc
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -62,6 +61,7 @@ from dreamfusion.evaluation.classifier import (
     warmup_cosine,
 )
 from dreamfusion.evaluation.suite import ground_truth_rprecision, shape_caption
+from dreamfusion.files import build_folder_once
 from dreamfusion.prior.model import load_tokenizer
 from dreamfusion.prior.tokenizer import build_clip_tokenizer
 from dreamfusion.prior.train import PRIOR_BACKGROUND_COLOURFULNESS
@@ -535,17 +535,11 @@ def _sha256(path: Path) -> str:
 
 def clip_tokenizer_folder(cache: Path, max_tokens: int) -> Path:
     """CLIP's tokenizer folder under `cache`, built once from the pinned open-clip-torch wheel."""
-    folder = cache / "clip-tokenizer" / str(max_tokens)
-    if (folder / "tokenizer_config.json").is_file():
-        return folder
-    staging = folder.with_name(f".{folder.name}.partial{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    build_clip_tokenizer(staging, cache / "wheels", max_tokens)
-    if folder.exists():  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
-        staging.rename(folder)
-    return folder
+    return build_folder_once(
+        cache / "clip-tokenizer" / str(max_tokens),
+        lambda staging: build_clip_tokenizer(staging, cache / "wheels", max_tokens),
+        "tokenizer_config.json",
+    )
 
 
 def package_folder() -> Path:

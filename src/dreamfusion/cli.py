@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from dreamfusion import __version__
+from dreamfusion.arguments import integer, positive_float, positive_int
 from dreamfusion.checkpoint import latest_checkpoint
 from dreamfusion.config import (
     apply_overrides,
@@ -557,32 +558,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    value = _integer(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def seed(text: str) -> int:
-    value = _integer(text)
+    value = integer(text)
     # The trainer seeds generators with seed, seed + 1 and seed + 2; each must fit torch's 32-bit check.
     if not 0 <= value < 2**32 - 2:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 2), got {value}")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dreamfusion.arguments import integer, positive_float
 from dreamfusion.errors import UserError
 
 if TYPE_CHECKING:
@@ -46,27 +47,6 @@ examples:
 """
 
 
-def _integer(text: str, low: int, high: int | None = None) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < low or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def _names(text: str) -> tuple[str, ...]:
     """'glb, obj' -> ('glb', 'obj'); 'none' or '' -> ()."""
     names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
@@ -94,20 +74,20 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> None:
     mesh = e.add_argument_group("mesh")
     mesh.add_argument(
         "--resolution",
-        type=lambda t: _integer(t, 16, 512),
+        type=lambda t: integer(t, 16, 512),
         metavar="N",
         help="marching-cubes grid cells per axis over the scene's cube (default: twice the field's finest "
         "features, 64-256; 128 for the default triplane)",
     )
     mesh.add_argument(
         "--threshold",
-        type=_positive_float,
+        type=positive_float,
         metavar="T",
         help="iso density of the surface (default: chosen from the field, see below)",
     )
     mesh.add_argument(
         "--faces",
-        type=lambda t: _integer(t, 0),
+        type=lambda t: integer(t, 0),
         default=40_000,
         metavar="N",
         help="decimate to at most N triangles, 0 for no decimation (default 40000)",
@@ -115,21 +95,21 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> None:
     mesh.add_argument("--keep-floaters", action="store_true", help="keep small disconnected pieces")
     mesh.add_argument(
         "--texture-size",
-        type=lambda t: _integer(t, 16, 8192),
+        type=lambda t: integer(t, 16, 8192),
         default=1024,
         metavar="N",
         help="texture width and height in texels, a power of two (default 1024)",
     )
     video = e.add_argument_group("video (with --video)")
-    video.add_argument("--frames", type=lambda t: _integer(t, 1, 3600), default=120, help="default 120")
+    video.add_argument("--frames", type=lambda t: integer(t, 1, 3600), default=120, help="default 120")
     video.add_argument(
         "--size",
-        type=lambda t: _integer(t, 16, 4096),
+        type=lambda t: integer(t, 16, 4096),
         default=512,
         metavar="PX",
         help="panel size, even (512)",
     )
-    video.add_argument("--fps", type=lambda t: _integer(t, 1, 240), default=30, help="default 30")
+    video.add_argument("--fps", type=lambda t: integer(t, 1, 240), default=30, help="default 30")
     video.add_argument(
         "--elevation", type=float, default=20.0, metavar="DEG", help="camera elevation (default 20)"
     )
@@ -143,7 +123,7 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> None:
     video.add_argument("--no-gif", action="store_true", help="skip the GIF (the largest file)")
     e.add_argument(
         "--threads",
-        type=lambda t: _integer(t, 1),
+        type=lambda t: integer(t, 1),
         metavar="N",
         help="CPU threads (default: the cores not already busy, from the load average)",
     )

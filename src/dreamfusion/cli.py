@@ -333,6 +333,7 @@ PRIOR_TRAIN_EPILOG = """\
 examples:
   dreamfusion prior train --out runs/prior --max-minutes 60   # stops cleanly with a checkpoint
   dreamfusion prior train --out runs/prior --resume           # continues it, same result as one sitting
+  dreamfusion prior train --out runs/prior --resume --steps 8000   # trains a finished run further
   dreamfusion prior sample runs/prior/model "a red mug, front view" --out mug.png
 
 The run folder holds config.yaml, tokenizer/, checkpoints/, metrics.jsonl and, when done, model/ (the prior,
@@ -349,20 +350,18 @@ def prior_wheel_cache() -> Path:
 def cmd_prior_train(args: argparse.Namespace) -> int:
     from dreamfusion.prior import PriorTrainConfig, resume_run, start_run, train
     from dreamfusion.prior.tokenizer import merges_from_wheel, open_clip_wheel, save_clip_tokenizer
-    from dreamfusion.prior.train import check_new_run_dir
+    from dreamfusion.prior.train import check_new_run_dir, extend_run
 
     quiet_diffusers_and_transformers()
     run_dir: Path = args.out
     if args.resume:
-        given = [
-            flag for flag, value in (("--steps", args.steps), ("--seed", args.seed)) if value is not None
-        ]
+        given = [flag for flag, value in (("--seed", args.seed),) if value is not None]
         if given or args.set:
             raise UserError(
                 f"--resume continues with the settings in {run_dir / 'config.yaml'}; "
-                f"{', '.join(given + ['--set'] * bool(args.set))} cannot change them"
+                f"{', '.join(given + ['--set'] * bool(args.set))} cannot change them (only --steps extends)"
             )
-        trainer = resume_run(run_dir)
+        trainer = resume_run(run_dir) if args.steps is None else extend_run(run_dir, args.steps)
     else:
         config = apply_overrides(PriorTrainConfig(), args.set)
         flags = {"steps": args.steps, "seed": args.seed}
@@ -496,7 +495,12 @@ def add_prior_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--out", type=Path, default=DEFAULT_PRIOR_RUN, metavar="DIR", help="run folder (default runs/prior)"
     )
-    t.add_argument("--steps", type=positive_int, metavar="N", help="optimisation steps (default 6000)")
+    t.add_argument(
+        "--steps",
+        type=positive_int,
+        metavar="N",
+        help="optimisation steps (default 6000); with --resume, trains the run further to N steps",
+    )
     t.add_argument("--seed", type=seed, metavar="S", help="random seed (default 0)")
     t.add_argument(
         "--max-minutes",

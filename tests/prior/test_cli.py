@@ -67,6 +67,14 @@ def test_train_stop_resume_export_and_sample(capsys, tmp_path: Path):
     assert code == 0 and "step 1 of 4" in out
     assert (run / "model" / "model_index.json").is_file()
 
+    # A finished run trained further: the old export is kept, the schedule restarts at the old end.
+    code, _, err = cli(capsys, "prior", "train", "--out", str(run), "--resume", "--steps", "3")
+    assert "does not extend" in one_line_error(code, err)
+    code, out, _ = cli(capsys, "prior", "train", "--out", str(run), "--resume", "--steps", "6")
+    assert code == 0 and "step 4 of 6" in out
+    assert (run / "model-step4" / "model_index.json").is_file() and (run / "model" / "unet").is_dir()
+    assert "restarts: [4]" in (run / "config.yaml").read_text()
+
     png = tmp_path / "grid.png"
     captions = ["a red mug, front view", "a blue cube"]
     code, _, err = cli(
@@ -101,5 +109,5 @@ def test_resume_keeps_the_settings_and_a_used_folder_is_refused(capsys, tmp_path
     (run / "notes.txt").write_text("mine")
     code, _, err = cli(capsys, "prior", "train", "--out", str(run), *TINY)
     assert "--resume" in one_line_error(code, err)
-    code, _, err = cli(capsys, "prior", "train", "--out", str(run), "--resume", "--steps", "9")
-    assert "--steps cannot change them" in one_line_error(code, err)
+    code, _, err = cli(capsys, "prior", "train", "--out", str(run), "--resume", "--seed", "9")
+    assert "--seed cannot change them" in one_line_error(code, err)

@@ -44,6 +44,20 @@ def test_learning_rate_warms_up_then_decays_to_the_floor(make_config: MakeConfig
     assert learning_rate(config, 55) < learning_rate(config, 20)
 
 
+def test_learning_rate_starts_over_at_each_restart(make_config: MakeConfig):
+    config = make_config(
+        steps=150, restarts=(100,), warmup_steps=10, learning_rate=1e-3, final_lr_fraction=0.1
+    )
+    plain = make_config(steps=100, warmup_steps=10, learning_rate=1e-3, final_lr_fraction=0.1)
+    assert [learning_rate(config, s) for s in range(100)] == [learning_rate(plain, s) for s in range(100)]
+    assert learning_rate(config, 100) == pytest.approx(1e-4) and learning_rate(config, 109) == pytest.approx(
+        1e-3
+    )
+    assert learning_rate(config, 150) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="restarts"):
+        make_config(steps=100, restarts=(100,))
+
+
 def test_steps_on_a_fixed_batch_lower_its_loss(make_config: MakeConfig, tiny_tokenizer: Path):
     config = make_config(caption_dropout=0.0, warmup_steps=1, learning_rate=3e-3)
     trainer = PriorTrainer(config, tiny_tokenizer)

@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -75,6 +75,10 @@ class PriorTrainConfig:
     learning_rate: float = 3e-4
     warmup_steps: int = 250  # linear warm-up from 0, then cosine decay to final_lr_fraction
     final_lr_fraction: float = 0.1
+    # Steps where the schedule starts over: warm-up, then cosine down to the next restart or to `steps`
+    # (SGDR, Loshchilov & Hutter 2017). `prior train --resume --steps N` adds one at the old end, so that a
+    # finished run can be trained further without a jump in its learning rate's history.
+    restarts: tuple[int, ...] = ()
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # a memory of about 1000 steps
@@ -94,6 +98,10 @@ class PriorTrainConfig:
             raise ValueError("caption_dropout must be in [0, 1)")
         if self.learning_rate <= 0 or not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ValueError("learning_rate must be > 0 and final_lr_fraction in [0, 1]")
+        if list(self.restarts) != sorted(set(self.restarts)) or any(
+            not 0 < r < self.steps for r in self.restarts
+        ):
+            raise ValueError("restarts must be increasing steps between 0 and steps")
 
 
 @dataclass(frozen=True)
@@ -103,11 +111,16 @@ class StepResult:
 
 
 def learning_rate(config: PriorTrainConfig, step: int) -> float:
-    """Linear warm-up over warmup_steps, then a half cosine down to final_lr_fraction of the peak."""
+    """Linear warm-up over warmup_steps, then a half cosine down to final_lr_fraction of the peak; the same
+    again from each restart."""
     peak = config.learning_rate
+    bounds = [0, *config.restarts, config.steps]
+    cycle = max(i for i in range(len(bounds) - 1) if bounds[i] <= step)
+    start, end = bounds[cycle], bounds[cycle + 1]
+    step -= start
     if step < config.warmup_steps:
         return peak * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    progress = (step - config.warmup_steps) / max(1, end - start - config.warmup_steps)
     floor = peak * config.final_lr_fraction
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -269,6 +282,23 @@ def resume_run(run_dir: Path) -> PriorTrainer:
         trainer.restore(load_checkpoint(latest))
     _truncate_metrics(run_dir / METRICS, trainer.step)
     return trainer
+
+
+def extend_run(run_dir: Path, steps: int) -> PriorTrainer:
+    """Resume a run with its step count raised to `steps`, restarting the learning-rate schedule at the
+    old end. A model/ exported at the old end is kept, renamed model-step{old}/."""
+    config = read_run_config(run_dir)
+    if steps <= config.steps:
+        raise UserError(f"--steps {steps} does not extend {run_dir}: it already has {config.steps} steps")
+    old_model = run_dir / MODEL
+    if old_model.exists():
+        kept = run_dir / f"{MODEL}-step{config.steps}"
+        if kept.exists():
+            raise UserError(f"{kept} already exists: move it away before extending {run_dir}")
+        old_model.rename(kept)
+    extended = replace(config, steps=steps, restarts=(*config.restarts, config.steps))
+    write_text_atomic(run_dir / CONFIG, dump_yaml(extended))
+    return resume_run(run_dir)
 
 
 def train(trainer: PriorTrainer, run_dir: Path, max_minutes: float | None, progress: bool) -> bool:

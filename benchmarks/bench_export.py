@@ -22,7 +22,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -30,6 +29,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from dreamfusion.device import machine_facts
 
 ANALYTIC = "analytic-mug"
 STAGES = ("density grid", "threshold", "marching cubes", "cleanup", "unwrap", "bake", "write", "video")
@@ -166,11 +167,8 @@ def main() -> None:
 
     report = {
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": args.threads,
+            **machine_facts(),
+            "torch_threads": args.threads,  # set in each case's own process; this one keeps its default
             "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
         },
         "config": {

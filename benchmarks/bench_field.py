@@ -21,7 +21,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import resource
 import statistics
 import time
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dreamfusion.device import machine_facts
 from dreamfusion.field import (
     Field,
     FieldConfig,
@@ -241,11 +241,8 @@ def main() -> None:
 
     report = {
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": args.threads,
+            **machine_facts(),
+            "torch_threads": args.threads,  # set in each case's own process; this one keeps its default
             "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
         },
         "config": {

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from dreamfusion.device import machine_facts
 
 DEFAULT_PROMPTS = ("a red cube", "a blue mug", "a green sphere on top of a yellow cube")
 DEFAULT_JSON = Path(__file__).parent / "results" / "bench_generate.json"
@@ -103,11 +104,7 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "bench_generate",
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_facts(),
         "threads": args.threads,
         "overrides": args.set,
         "repeats": args.repeats,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from dreamfusion.cameras import sample_cameras
 from dreamfusion.cli import preset_overrides
 from dreamfusion.config import apply_overrides, from_dict, merge_dicts, to_dict
+from dreamfusion.device import machine_facts
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.base import ViewBatch
 from dreamfusion.lights import sample_point_lights
@@ -369,19 +369,6 @@ def run_case(case: Case, model_folder: Path, steps: int, warmup: int) -> dict[st
 # The driver: one subprocess to write each model folder, one to measure it.
 
 
-def machine() -> dict[str, object]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),  # as set by --threads, in every case's process too
-        "torch_interop_threads": torch.get_num_interop_threads(),
-    }
-
-
 def run_self(args: list[str], env: dict[str, str] | None = None) -> None:
     subprocess.run([sys.executable, __file__, *args], check=True, env=env)
 
@@ -454,6 +441,9 @@ def main() -> None:
     unknown = [n for n in names if n not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    # Before the cases, so that its load average is the machine's, not ours. torch_threads is as set by
+    # --threads, in every case's process too.
+    machine = {**machine_facts(), "torch_interop_threads": torch.get_num_interop_threads()}
     began = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
@@ -488,7 +478,7 @@ def main() -> None:
     report = {
         "benchmark": "bench_step",
         "units": "milliseconds per optimisation step (median), peak RSS in MiB",
-        "machine": machine(),
+        "machine": machine,
         "wall_seconds": time.perf_counter() - began,
         "cases": results,
         "table": table,

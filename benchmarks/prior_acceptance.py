@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 from dreamfusion.config import to_dict
+from dreamfusion.device import machine_facts
 from dreamfusion.evaluation.classifier import (
     HELD_IN_OBJECTS,
     Accuracy,
@@ -68,18 +67,6 @@ KIND_THRESHOLD = 0.85  # issue #3, held-in prompts
 COLOUR_THRESHOLD = 0.90
 JUDGE_TEST_SEED = 20_251_122  # neither the prior's (0, 1, 2) nor the judge's training seeds
 DEFAULT_OUT = Path(__file__).parent / "results" / "prior_acceptance"
-
-
-def machine() -> dict[str, object]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def get_judge(path: Path, progress: bool) -> tuple[WorldClassifier, bool]:
@@ -259,7 +246,7 @@ def main() -> None:
     progress = not args.no_progress
     args.out.mkdir(parents=True, exist_ok=True)
     classifier_path = args.classifier or args.out / "classifier.safetensors"
-    machine_info = machine()  # before the run, so that its load average is the machine's, not ours
+    machine_info = machine_facts()  # before the run, so that its load average is the machine's, not ours
     seconds: dict[str, float] = {}
     start = time.monotonic()
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler
 from torch import Tensor
 
+from dreamfusion.device import machine_facts
 from dreamfusion.guidance.components import epsilon_from_output
 from dreamfusion.prior.builtin import builtin_prior_folder
 from dreamfusion.prior.export import LoadedPrior, load_prior
@@ -113,7 +112,7 @@ def main() -> int:
         "images": args.images,
         "seed": args.seed,
         "rows": rows,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "machine": machine_facts(),
     }
     args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")

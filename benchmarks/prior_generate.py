@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.device import machine_facts
 from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import compare_occupancy, load_run_field, textureless_turntable
 from dreamfusion.validation import save_png_atomic
@@ -124,17 +123,6 @@ def markdown_table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, object]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="folders of generate runs")
@@ -168,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             "azimuths": args.azimuths,
             "elevation_deg": 30.0,
         },
-        "machine": machine(),
+        "machine": machine_facts(),
         "runs": [asdict(r) for r in results],
         "skipped": skipped,
     }

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.device import machine_facts
 from dreamfusion.evaluation.rprecision import r_precision
 from dreamfusion.evaluation.runs import JUDGE, load_image_text_model
 from dreamfusion.evaluation.suite import SEEDS, SuitePrompt, evaluation_suite, ground_truth_rprecision
@@ -272,9 +271,7 @@ def main() -> None:
         "seeds": list(seeds),
         "model": getattr(model, "name", args.model),
         "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
+            **machine_facts(),
             "jobs": args.jobs,
             "threads_per_run": args.threads,
         },

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from dreamfusion.device import cpu_threads, pick_device, prior_dtype, use_cpu_threads
+from dreamfusion.device import cpu_threads, machine_facts, pick_device, prior_dtype, use_cpu_threads
 from dreamfusion.errors import UserError
 
 
@@ -39,3 +39,25 @@ def test_requested_threads_are_used_and_checked():
         torch.set_num_threads(before)
     with pytest.raises(UserError, match="at least 1"):
         cpu_threads(0)
+
+
+def test_machine_facts_have_the_keys_benchmarks_record():
+    facts = machine_facts()
+    assert set(facts) == {
+        "platform",
+        "processor",
+        "cpu_count",
+        "load_average",
+        "python",
+        "torch",
+        "torch_threads",
+        "cuda",
+    }
+    assert isinstance(facts["platform"], str) and facts["platform"]
+    assert isinstance(facts["processor"], str)
+    assert isinstance(facts["cpu_count"], int) and facts["cpu_count"] >= 1
+    assert facts["torch"] == torch.__version__
+    assert isinstance(facts["torch_threads"], int) and facts["torch_threads"] >= 1
+    load = facts["load_average"]
+    assert isinstance(load, list) and len(load) == 3 and all(isinstance(x, float) for x in load)
+    assert facts["cuda"] is None or isinstance(facts["cuda"], str)

@@ -8,6 +8,7 @@ and CPU bf16 gave no speed-up for them); only the frozen diffusion prior runs in
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
@@ -62,3 +63,17 @@ def use_cpu_threads(requested: int | None = None) -> int:
     threads = cpu_threads(requested)
     torch.set_num_threads(threads)
     return threads
+
+
+def machine_facts() -> dict[str, object]:
+    """What a benchmark records about the machine it ran on; the load average is taken now."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

@@ -48,7 +48,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
-from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
+from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from dreamfusion.background import random_colours
 from dreamfusion.config import from_dict, to_dict
@@ -62,7 +62,7 @@ from dreamfusion.evaluation.classifier import (
 )
 from dreamfusion.evaluation.suite import ground_truth_rprecision, shape_caption
 from dreamfusion.files import build_folder_once
-from dreamfusion.prior.model import load_tokenizer
+from dreamfusion.prior.model import load_tokenizer, small_clip_text_config
 from dreamfusion.prior.tokenizer import build_clip_tokenizer
 from dreamfusion.prior.train import PRIOR_BACKGROUND_COLOURFULNESS
 from dreamfusion.prompts import dreamfusion_cache
@@ -199,17 +199,15 @@ class WorldJudge(nn.Module):
         def row(token_id: int) -> int:
             return int(rows[token_id])
 
-        text_config = CLIPTextConfig(
-            vocab_size=len(token_ids) + 1,
-            hidden_size=config.text_width,
-            intermediate_size=4 * config.text_width,
-            num_hidden_layers=config.text_layers,
-            num_attention_heads=config.text_heads,
-            max_position_embeddings=config.max_tokens,
-            hidden_act="quick_gelu",  # as OpenAI's CLIP
-            bos_token_id=row(tokenizer.bos_token_id),
-            eos_token_id=row(tokenizer.eos_token_id),
-            pad_token_id=row(tokenizer.pad_token_id),
+        text_config = small_clip_text_config(
+            len(token_ids) + 1,
+            config.text_width,
+            config.text_layers,
+            config.text_heads,
+            config.max_tokens,
+            row(tokenizer.bos_token_id),
+            row(tokenizer.eos_token_id),
+            row(tokenizer.pad_token_id),
         )
         self.text_encoder = CLIPTextModel(text_config)
         self.text_projection = nn.Linear(config.text_width, config.embed_dim, bias=False)

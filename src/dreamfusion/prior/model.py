@@ -72,20 +72,36 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(folder)
 
 
-def build_text_encoder(config: PriorConfig, tokenizer: PreTrainedTokenizerBase) -> CLIPTextModel:
-    vocab = len(tokenizer)
-    text = CLIPTextConfig(
-        vocab_size=vocab,
-        hidden_size=config.text_width,
-        intermediate_size=4 * config.text_width,
-        num_hidden_layers=config.text_layers,
-        num_attention_heads=config.text_heads,
-        max_position_embeddings=config.max_tokens,
+def small_clip_text_config(
+    vocab_size: int, width: int, layers: int, heads: int, max_tokens: int, bos: int, eos: int, pad: int
+) -> CLIPTextConfig:
+    """A CLIP text tower of OpenAI's design (quick GELU, 4x MLP), sized to be trained from scratch: the
+    prior's text encoder and the world judge's text tower are both this."""
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_tokens,
         hidden_act="quick_gelu",  # as OpenAI's CLIP
-        projection_dim=config.text_width,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=width,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+
+
+def build_text_encoder(config: PriorConfig, tokenizer: PreTrainedTokenizerBase) -> CLIPTextModel:
+    text = small_clip_text_config(
+        len(tokenizer),
+        config.text_width,
+        config.text_layers,
+        config.text_heads,
+        config.max_tokens,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
     )
     return CLIPTextModel(text)
 

@@ -25,6 +25,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    """Back to one thread after each test: commands under test choose their own (--threads)."""
+    """Back to one thread and IEEE denormals after each test: commands under test set their own
+    (dreamfusion.device.use_cpu_threads)."""
     yield
     torch.set_num_threads(1)
+    torch.set_flush_denormal(False)

@@ -37,6 +37,7 @@ def test_requested_threads_are_used_and_checked():
         assert use_cpu_threads(1) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+        torch.set_flush_denormal(False)  # use_cpu_threads turned it on for the process
     with pytest.raises(UserError, match="at least 1"):
         cpu_threads(0)
 
@@ -61,3 +62,14 @@ def test_machine_facts_have_the_keys_benchmarks_record():
     load = facts["load_average"]
     assert isinstance(load, list) and len(load) == 3 and all(isinstance(x, float) for x in load)
     assert facts["cuda"] is None or isinstance(facts["cuda"], str)
+
+
+def test_cpu_setup_flushes_denormals_to_zero():
+    torch.set_flush_denormal(False)
+    denormal = torch.tensor([1e-39])  # below float32's smallest normal number, 1.18e-38
+    assert float(denormal * 1.0) != 0.0
+    try:
+        use_cpu_threads(torch.get_num_threads())
+        assert float(denormal * 1.0) == 0.0
+    finally:
+        torch.set_flush_denormal(False)

@@ -7,6 +7,8 @@ and CPU bf16 gave no speed-up for them); only the frozen diffusion prior runs in
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import platform
 
@@ -59,10 +61,37 @@ def cpu_threads(requested: int | None = None) -> int:
 
 
 def use_cpu_threads(requested: int | None = None) -> int:
-    """Sets torch's CPU thread count (see `cpu_threads`) and returns it."""
+    """Sets torch's CPU thread count (see `cpu_threads`) and the CPU settings of `tune_cpu_kernels`;
+    returns the thread count."""
     threads = cpu_threads(requested)
     torch.set_num_threads(threads)
+    tune_cpu_kernels()
     return threads
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+
+def tune_cpu_kernels() -> None:
+    """Two process-wide settings that made a late `generate` step of the builtin preset about 10 % faster
+    on one CPU thread (113-117 ms against 126-131 ms, four alternating runs):
+
+    - denormal floats are flushed to zero. SDS gradients on the field are tiny, and x86 arithmetic on
+      denormals is many times slower (a sigmoid backward over 28k x 64 values took 26 ms);
+    - glibc's allocator keeps freed blocks of up to 32 MiB in the heap instead of unmapping them, so the
+      few-MB buffers every step allocates (grid_sample gradients, activations) are not page-faulted in
+      afresh each time. Elsewhere than glibc this part is skipped."""
+    torch.set_flush_denormal(True)
+    if platform.system() != "Linux":
+        return
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+    mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024)
 
 
 def machine_facts() -> dict[str, object]:

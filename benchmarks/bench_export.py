@@ -1,7 +1,7 @@
 """Time a full mesh export on this machine, stage by stage, and check the mesh's fidelity to its field.
 
     python benchmarks/bench_export.py [--run RUN_DIR ...] [--resolution 256] [--texture-size 1024]
-                                      [--faces 40000] [--repeats 3] [--threads 1] [--video] [--out PATH.json]
+                                      [--faces N] [--repeats 3] [--threads 1] [--video] [--out PATH.json]
 
 Cases: the analytic mug (`shapes.AnalyticField("mug")`: thin handle, coloured badge) and every run folder
 given with --run (its latest checkpoint). Each case runs in a fresh process, so its peak RSS is its own,
@@ -74,7 +74,7 @@ def fidelity(field, textured) -> dict:
 
 
 def run_case(
-    case: str, resolution: int, faces: int, texture_size: int, repeats: int, video: bool, threads: int
+    case: str, resolution: int, faces: int | None, texture_size: int, repeats: int, video: bool, threads: int
 ) -> dict:
     """Runs in a child process: `repeats` exports, then the fidelity check on the last one's mesh. A field
     with no surface gives {"error": the one-line message} instead."""
@@ -88,7 +88,7 @@ def run_case(
 
 
 def measure_case(
-    case: str, resolution: int, faces: int, texture_size: int, repeats: int, video: bool
+    case: str, resolution: int, faces: int | None, texture_size: int, repeats: int, video: bool
 ) -> dict:
     from dreamfusion.export.mesh import MeshConfig, extract_mesh
     from dreamfusion.export.pipeline import ExportConfig, export_field
@@ -97,7 +97,7 @@ def measure_case(
     field = build_field(case)
     config = ExportConfig(
         video=video,
-        mesh=MeshConfig(resolution=resolution or None, max_faces=faces or None),
+        mesh=MeshConfig(resolution=resolution or None, max_faces=faces),
         texture=TextureConfig(size=texture_size),
     )
     runs = []
@@ -129,7 +129,7 @@ def main() -> None:
         default=256,
         help="marching-cubes grid (default 256, issue 4's target; 0: what export picks for the field)",
     )
-    parser.add_argument("--faces", type=int, default=40_000, help="face budget, 0 for none (default 40000)")
+    parser.add_argument("--faces", type=int, help="face budget, 0 for none (default: follows the grid)")
     parser.add_argument("--texture-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--video", action="store_true", help="also time the default turntable (120 frames)")
@@ -173,7 +173,7 @@ def main() -> None:
         },
         "config": {
             "resolution": args.resolution,
-            "max_faces": args.faces or None,
+            "max_faces": args.faces,
             "texture_size": args.texture_size,
             "repeats": args.repeats,
             "formats": ["glb", "obj", "ply"],

@@ -18,6 +18,7 @@ from dreamfusion.export.mesh import (
     MeshConfig,
     clean_mesh,
     extract_mesh,
+    face_budget,
     grid_resolution,
     half_opacity_threshold,
     marching_cubes,
@@ -72,7 +73,7 @@ def test_a_threshold_above_every_density_is_a_user_error():
 
 
 def test_the_sphere_is_closed_outward_and_of_the_right_radius():
-    extracted = extract_mesh(AnalyticField("sphere"), MeshConfig(resolution=64))
+    extracted = extract_mesh(AnalyticField("sphere"), MeshConfig(resolution=64, max_faces=0))  # undecimated
     mesh = extracted.mesh
     assert extracted.auto_threshold and 0 < extracted.threshold < 200
     assert mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0
@@ -114,7 +115,7 @@ def test_vertex_normals_are_unit_even_where_faces_cancel():
 
 def test_decimation_keeps_the_face_budget_and_the_shape():
     full = extract_mesh(AnalyticField("sphere"), MeshConfig(resolution=64))
-    mesh, removed, before = clean_mesh(full.mesh, MeshConfig(resolution=64, max_faces=1000))
+    mesh, removed, before = clean_mesh(full.mesh, MeshConfig(resolution=64, max_faces=1000), 64)
     assert len(mesh.faces) <= 1000 < before == len(full.mesh.faces) and removed == 0
     assert mesh.volume == pytest.approx(full.mesh.volume, rel=0.03)
     assert (np.einsum("ij,ij->i", mesh.face_normals, mesh.triangles_center) > 0).mean() > 0.99
@@ -128,3 +129,12 @@ def test_grid_resolution_follows_the_field_unless_given():
     assert grid_resolution(build_field(FieldConfig(kind="hashgrid")), auto) == 256
     assert grid_resolution(AnalyticField("sphere"), auto) == 256
     assert grid_resolution(AnalyticField("sphere"), MeshConfig(resolution=96)) == 96
+
+
+def test_face_budget_follows_the_grid_unless_given():
+    auto = MeshConfig()
+    assert face_budget(auto, 256) == 40_000 and face_budget(auto, 128) == 10_000
+    assert face_budget(MeshConfig(max_faces=500), 128) == 500
+    assert face_budget(MeshConfig(max_faces=0), 128) is None  # 0 keeps every triangle
+    with pytest.raises(ValueError, match="max_faces"):
+        MeshConfig(max_faces=3)

@@ -88,9 +88,9 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> None:
     mesh.add_argument(
         "--faces",
         type=lambda t: integer(t, 0),
-        default=40_000,
         metavar="N",
-        help="decimate to at most N triangles, 0 for no decimation (default 40000)",
+        help="decimate to at most N triangles, 0 for no decimation (default: 40000 at a 256^3 grid, "
+        "scaled with the grid's surface, so 10000 at 128^3)",
     )
     mesh.add_argument("--keep-floaters", action="store_true", help="keep small disconnected pieces")
     mesh.add_argument(
@@ -141,7 +141,7 @@ def export_config(args: argparse.Namespace) -> ExportConfig:
     from dreamfusion.export.video import TurntableConfig
 
     try:
-        mesh = MeshConfig(resolution=args.resolution, threshold=args.threshold, max_faces=args.faces or None)
+        mesh = MeshConfig(resolution=args.resolution, threshold=args.threshold, max_faces=args.faces)
         if args.keep_floaters:
             mesh = dataclasses.replace(mesh, min_component_fraction=0.0)
         return ExportConfig(

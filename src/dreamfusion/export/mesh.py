@@ -57,10 +57,11 @@ class MeshConfig:
     threshold: float | None = None  # iso density; None: `half_opacity_threshold` of the field
     # Connected pieces with less surface area than this share of the largest piece's are floaters.
     min_component_fraction: float = 0.02
-    # Decimate (quadric error) to at most this many triangles; None keeps all. 40k triangles draw in real
-    # time in any browser or engine, and keep xatlas's unwrap of a noisy NeRF surface to tens of seconds on
-    # two cores (it grows faster than linearly with the triangles: benchmarks/bench_export.py).
-    max_faces: int | None = 40_000
+    # Decimate (quadric error) to at most this many triangles; 0 keeps all; None: `face_budget`, which
+    # follows the grid (40k at 256^3). 40k triangles draw in real time in any browser or engine, and keep
+    # xatlas's unwrap of a noisy NeRF surface to tens of seconds on two cores (it grows faster than linearly
+    # with the triangles: benchmarks/bench_export.py).
+    max_faces: int | None = None
 
     def __post_init__(self) -> None:
         # 512^3 grid points take 1.6 GB as float32 coordinates; 1024^3 would not fit a 24 GB machine.
@@ -70,8 +71,8 @@ class MeshConfig:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
         if not 0.0 <= self.min_component_fraction <= 1.0:
             raise ValueError(f"min_component_fraction must be in [0, 1], got {self.min_component_fraction}")
-        if self.max_faces is not None and self.max_faces < 4:
-            raise ValueError(f"max_faces must be >= 4, got {self.max_faces}")
+        if self.max_faces is not None and self.max_faces != 0 and self.max_faces < 4:
+            raise ValueError(f"max_faces must be 0 (keep all) or >= 4, got {self.max_faces}")
 
 
 @dataclass(frozen=True)
@@ -250,13 +251,29 @@ def unit_vertex_normals(mesh: trimesh.Trimesh) -> np.ndarray:
     return normals.astype(np.float32)
 
 
-def clean_mesh(mesh: trimesh.Trimesh, config: MeshConfig) -> tuple[trimesh.Trimesh, int, int]:
-    """Floaters removed, then decimated to the face budget. Returns the mesh, the number of pieces removed
-    and the face count before decimation. No face left is a UserError."""
+FACES_AT_256 = 40_000
+
+
+def face_budget(config: MeshConfig, resolution: int) -> int | None:
+    """The configured face budget (0: none), else one that follows the grid: 40k triangles at 256^3, scaled
+    with the surface's cell count, (resolution / 256)^2, so 10k at the triplane's 128^3. A grid that
+    coarse carries no more shape than that, and xatlas unwrapped a built-in-prior cube of 29.5k triangles
+    in 4.2 s, most of a default run's export."""
+    if config.max_faces is not None:
+        return config.max_faces or None
+    return max(1000, round(FACES_AT_256 * (resolution / 256) ** 2))
+
+
+def clean_mesh(
+    mesh: trimesh.Trimesh, config: MeshConfig, resolution: int
+) -> tuple[trimesh.Trimesh, int, int]:
+    """Floaters removed, then decimated to the face budget of a `resolution`^3 grid. Returns the mesh, the
+    number of pieces removed and the face count before decimation. No face left is a UserError."""
     mesh, removed = remove_floaters(mesh, config.min_component_fraction)
     before = len(mesh.faces)
-    if config.max_faces is not None:
-        mesh = decimate(mesh, config.max_faces)
+    budget = face_budget(config, resolution)
+    if budget is not None:
+        mesh = decimate(mesh, budget)
     if len(mesh.faces) == 0:
         raise UserError("the scene has no surface: marching cubes found no triangle to export")
     return mesh, removed, before
@@ -288,5 +305,5 @@ def extract_mesh(field: Field, config: MeshConfig = MeshConfig()) -> ExtractedMe
     grid = density_grid(field, resolution, bound)
     threshold, auto = surface_threshold(grid, cell, config)
     mesh = marching_cubes(grid, threshold, bound, field)
-    mesh, removed, before = clean_mesh(mesh, config)
+    mesh, removed, before = clean_mesh(mesh, config, resolution)
     return ExtractedMesh(mesh, threshold, auto, resolution, removed, before)

@@ -110,7 +110,7 @@ def _mesh_and_texture(
         mesh = marching_cubes(grid, threshold, bound, field)
     del grid
     with stage("cleanup"):
-        mesh, removed, before = clean_mesh(mesh, config.mesh)
+        mesh, removed, before = clean_mesh(mesh, config.mesh, resolution)
     with stage("unwrap"):
         atlas = unwrap(mesh, config.texture)
     with stage("bake"):

@@ -19,7 +19,7 @@ from dreamfusion.guidance.pixel_diffusion import PixelDiffusionGuidance
 from dreamfusion.prior import PriorTrainer, resume_run, sample, save_grid, start_run, train
 from dreamfusion.prior.model import PriorConfig, build_scheduler
 from dreamfusion.prior.sample import ddim
-from dreamfusion.prior.train import PriorTrainConfig, learning_rate
+from dreamfusion.prior.train import PriorTrainConfig, learning_rate, loss_weights
 
 MakeConfig = Callable[..., PriorTrainConfig]
 MakeTokenizer = Callable[[Path, int], Path]
@@ -56,6 +56,16 @@ def test_learning_rate_starts_over_at_each_restart(make_config: MakeConfig):
     assert learning_rate(config, 150) == pytest.approx(1e-4)
     with pytest.raises(ValueError, match="restarts"):
         make_config(steps=100, restarts=(100,))
+
+
+def test_min_snr_weights_cap_the_clean_timesteps(make_config: MakeConfig):
+    abar = torch.tensor([0.999, 5.0 / 6.0, 0.5, 0.001])  # SNR 999, 5, 1, about 0.001
+    assert torch.equal(loss_weights(make_config(), abar), torch.ones(4))
+    weights = loss_weights(make_config(min_snr_gamma=5.0), abar)
+    # x0 weight min(SNR, 5) + 1 over v's SNR + 1: 6/1000 when clean, 1 up to the cap, 1 when pure noise.
+    assert weights.tolist() == pytest.approx([0.006, 1.0, 1.0, 1.0], abs=1e-4)
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        make_config(min_snr_gamma=5.0, model=PriorConfig(prediction_type="epsilon"))
 
 
 def test_steps_on_a_fixed_batch_lower_its_loss(make_config: MakeConfig, tiny_tokenizer: Path):

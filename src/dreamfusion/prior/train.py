@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -83,6 +82,11 @@ class PriorTrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # a memory of about 1000 steps
     caption_dropout: float = 0.1  # share of empty captions: the unconditional half of CFG
+    # Min-SNR loss weighting (Hang et al. 2023), in the "+1" form suited to v-prediction: an error in the
+    # predicted image x0 weighs min(SNR, gamma) + 1 instead of v's SNR + 1. Plain v-MSE lets the nearly clean
+    # timesteps, whose SNR runs to 10^4, outweigh the noisy ones where the sampler (and SDS) decides the
+    # object's kind and shape; the cap moves the loss to those. None keeps the plain loss.
+    min_snr_gamma: float | None = None
     checkpoint_every: int = 250
     keep_checkpoints: int = 2  # older ones are deleted: each holds weights, EMA and optimizer state
     log_every: int = 10
@@ -98,6 +102,10 @@ class PriorTrainConfig:
             raise ValueError("caption_dropout must be in [0, 1)")
         if self.learning_rate <= 0 or not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ValueError("learning_rate must be > 0 and final_lr_fraction in [0, 1]")
+        if self.min_snr_gamma is not None and (
+            self.min_snr_gamma <= 0 or self.model.prediction_type != "v_prediction"
+        ):
+            raise ValueError("min_snr_gamma must be > 0 and needs model.prediction_type v_prediction")
         if list(self.restarts) != sorted(set(self.restarts)) or any(
             not 0 < r < self.steps for r in self.restarts
         ):
@@ -123,6 +131,15 @@ def learning_rate(config: PriorTrainConfig, step: int) -> float:
     progress = (step - config.warmup_steps) / max(1, end - start - config.warmup_steps)
     floor = peak * config.final_lr_fraction
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def loss_weights(config: PriorTrainConfig, alphas_cumprod: Tensor) -> Tensor:
+    """Per-sample weights of the MSE at these noise levels: ones, or min-SNR's (min(SNR, gamma) + 1) /
+    (SNR + 1) on v, where SNR = abar / (1 - abar)."""
+    if config.min_snr_gamma is None:
+        return torch.ones_like(alphas_cumprod)
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    return (snr.clamp(max=config.min_snr_gamma) + 1.0) / (snr + 1.0)
 
 
 class PriorTrainer:
@@ -186,7 +203,7 @@ class PriorTrainer:
             target = abar.sqrt() * noise - (1.0 - abar).sqrt() * images  # v, Salimans & Ho 2022
         else:
             target = noise  # L_simple, DDPM eq. 14
-        loss = F.mse_loss(predicted, target)
+        loss = (loss_weights(self.config, abar.flatten()) * (predicted - target).square().mean((1, 2, 3))).mean()
 
         lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:

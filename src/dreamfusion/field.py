@@ -138,8 +138,9 @@ class TriplaneField(Field):
         sampled = F.grid_sample(self.planes, self._grid(points), mode="bilinear", align_corners=True)
         return sampled.sum(0)[:, 0].transpose(0, 1)  # (N, C)
 
-    def _feature_jacobian(self, points: Tensor) -> Tensor:
-        """d features / d points, (N, 3, C), exact for bilinear interpolation.
+    def _feature_jacobian(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """d features / d points, exact for bilinear interpolation, as six plane-axis derivatives (6, C, N)
+        and the (6, 3) matrix that sums them into the three point axes: J[n, a, c] = sum_k D[k, c, n] M[k, a].
 
         Along one plane axis the bilinear interpolant is linear inside a cell, so its derivative is the
         difference of neighbouring texels (times texels per unit length), interpolated along the other axis.
@@ -167,7 +168,7 @@ class TriplaneField(Field):
         # Sum the six derivatives into the three axes with one small matmul: summing indexed slices
         # instead made autograd fill a zeroed (6, N, C) tensor per slice, the largest cost of a CPU step.
         to_axis = F.one_hot(torch.tensor(axes, device=points.device), 3).to(sampled.dtype) * scale  # (6, 3)
-        return torch.einsum("kcn,ka->nac", sampled[:, :, 0], to_axis)  # (N, 3, C)
+        return sampled[:, :, 0], to_axis  # (6, C, N), (6, 3)
 
     # -- public -------------------------------------------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -193,7 +194,10 @@ class TriplaneField(Field):
             sig = torch.sigmoid(pre_hidden)
             silu_slope = sig * (1 + pre_hidden * (1 - sig))  # d silu(h) / dh
             d_features = (silu_slope * self.out.weight[0]) @ self.hidden.weight  # (N, C)
-            d_pre = (self._feature_jacobian(points) @ d_features.unsqueeze(-1)).squeeze(-1)  # (N, 3)
+            # J @ d_features, contracted over channels first: (6, C, N) x (N, C) -> (6, N), then to the
+            # three axes. Contracting J's (N, 3, C) form instead ran N tiny batched matmuls.
+            derivatives, to_axis = self._feature_jacobian(points)
+            d_pre = (derivatives * d_features.T).sum(1).T @ to_axis  # (N, 3)
             d_pre = d_pre + blob_preactivation_gradient(points, cfg.blob_strength, cfg.blob_radius)
             # exp is monotone, so grad(density) points along grad(pre-activation).
             normals = -F.normalize(d_pre, dim=-1, eps=1e-12)

@@ -21,7 +21,7 @@ generate process, export included).
 Runs are kept under `--runs` and reused: a run with an eval.json is not run again, and an interrupted run is
 resumed, so the script can be stopped and started again. The table is written to `--out` as Markdown and JSON.
 
-    .venv/bin/python benchmarks/table1.py --quick          # 4 prompts x 1 seed x 4 rows, about 25 min
+    .venv/bin/python benchmarks/table1.py --quick          # 4 prompts x 1 seed x 4 rows, about 13 min
     .venv/bin/python benchmarks/table1.py                  # 28 prompts x 2 seeds x 4 rows
 """
 

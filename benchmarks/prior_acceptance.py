@@ -106,7 +106,14 @@ def sample_prior(
     """(N, H, W, 3) samples, args.batch captions at a time; chunk c uses noise seed `seed + c`."""
     chunks = [captions[i : i + args.batch] for i in range(0, len(captions), args.batch)]
     images = [
-        sample(folder, chunk, steps=args.steps, guidance_scale=args.guidance_scale, seed=seed + c)
+        sample(
+            folder,
+            chunk,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            seed=seed + c,
+            clip_x0=args.clip_x0,
+        )
         for c, chunk in enumerate(tqdm(chunks, desc="sample", unit="batch", disable=not progress))
     ]
     return torch.cat(images)
@@ -227,6 +234,12 @@ def main() -> None:
     )
     parser.add_argument("--views", default="front,side,back", help=f"view words to cycle through, of {VIEWS}")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument(
+        "--clip-x0",
+        action="store_true",
+        help="clip DDIM's clean-image estimate to [-1, 1] each step (off by default; the model card's "
+        "version-2 figures were measured with it on)",
+    )
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the prior's samples")
     parser.add_argument("--batch", type=int, default=50, help="captions sampled together")

@@ -31,12 +31,23 @@ def ddim(predict_noise: NoisePredictor, noise: Tensor, scheduler: DDIMScheduler,
 
 @torch.no_grad()
 def sample(
-    folder: Path, captions: Sequence[str], steps: int = 50, guidance_scale: float = 5.0, seed: int = 0
+    folder: Path,
+    captions: Sequence[str],
+    steps: int = 50,
+    guidance_scale: float = 5.0,
+    seed: int = 0,
+    clip_x0: bool = False,
 ) -> Tensor:
     """(N, H, W, 3) images in [0, 1], one per caption. Deterministic for a given seed.
 
     CFG as in Ho & Salimans 2022: eps = eps_uncond + s (eps_cond - eps_uncond), the unconditioned half being
-    the empty caption, as in training (s = 1 + omega in the paper's notation)."""
+    the empty caption, as in training (s = 1 + omega in the paper's notation). The network's output is v or
+    epsilon, whichever the folder's scheduler config names; CFG is linear, so it combines either alike.
+
+    `clip_x0` clips each step's estimate of the clean image to [-1, 1] (the exported scheduler config's
+    `clip_sample`, which IF sets). It is off by default: with the built-in prior (v-prediction, CFG 5), DDIM
+    with the clip left grainy noise in the samples and off-centre fragments, which the classifier of
+    benchmarks/prior_acceptance.py then misread (see the model card)."""
     prior = load_prior(folder)
     n = len(captions)
     max_length = int(prior.tokenizer.model_max_length)
@@ -51,12 +62,12 @@ def sample(
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
         both = prior.unet(torch.cat([x, x]), t, encoder_hidden_states=text).sample
-        eps_cond, eps_uncond = both[:n], both[n:]
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        cond, uncond = both[:n], both[n:]
+        return uncond + guidance_scale * (cond - uncond)
 
     size = prior.unet.config.sample_size
     noise = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
-    scheduler = DDIMScheduler.from_pretrained(prior.scheduler_folder)
+    scheduler = DDIMScheduler.from_pretrained(prior.scheduler_folder, clip_sample=clip_x0)
     return ((ddim(guided, noise, scheduler, steps) + 1.0) / 2.0).permute(0, 2, 3, 1)
 
 

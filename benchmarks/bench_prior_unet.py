@@ -48,10 +48,14 @@ def timed_calls(call: Callable[[], torch.Tensor], calls: int, warmup: int = 3) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=30, help="timed calls per variant")
     parser.add_argument("--threads", type=int, default=1, help="threads for every variant but 'two threads'")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it needs a C++ compiler)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip torch.compile (it needs a C++ compiler)"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args()
     use_cpu_threads(args.threads)
@@ -103,7 +107,7 @@ def main() -> int:
     rows = []
     # Round-robin over the variants, a few calls at a time, so that a change in the machine's load hits all.
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for name, call in variants.items():
+    for call in variants.values():
         call()
     rounds = max(1, args.calls // 5)
     for _ in range(rounds):
@@ -118,7 +122,13 @@ def main() -> int:
     print("| variant | ms per call (median) | speed-up | max |output - fp32| |")
     print("|---|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['variant']} | {row['median_ms']:.1f} | {row['speedup']:.2f}x | {row['max_abs_diff']:.3g} |")
+        cells = [
+            row["variant"],
+            f"{row['median_ms']:.1f}",
+            f"{row['speedup']:.2f}x",
+            f"{row['max_abs_diff']:.3g}",
+        ]
+        print("| " + " | ".join(cells) + " |")
     if compile_s is not None:
         print(f"torch.compile's first call (compilation): {compile_s:.1f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)

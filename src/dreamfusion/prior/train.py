@@ -203,7 +203,9 @@ class PriorTrainer:
             target = abar.sqrt() * noise - (1.0 - abar).sqrt() * images  # v, Salimans & Ho 2022
         else:
             target = noise  # L_simple, DDPM eq. 14
-        loss = (loss_weights(self.config, abar.flatten()) * (predicted - target).square().mean((1, 2, 3))).mean()
+        loss = (
+            loss_weights(self.config, abar.flatten()) * (predicted - target).square().mean((1, 2, 3))
+        ).mean()
 
         lr = learning_rate(self.config, self.step)
         for group in self.optimizer.param_groups:

@@ -47,7 +47,9 @@ KINDS: tuple[Kind, ...] = (
 KIND_NAMES: tuple[str, ...] = tuple(k.name for k in KINDS)
 KINDS_BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}
 
-# Canonical colour words and their linear RGB albedo. No black: it is the accent colour of tyres and doors.
+# Canonical colour words and their RGB albedo, as sRGB-encoded display values: no renderer applies a
+# transfer curve, and the colour error reads them as sRGB (evaluation/surface.py). No black: it is the
+# accent colour of tyres and doors.
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.12, 0.1),
     "orange": (0.95, 0.5, 0.08),

@@ -36,9 +36,8 @@ from dreamfusion.prior.builtin import package_folder
 DEFAULT_JSON = Path(__file__).parent / "results" / "bench_prior_unet.json"
 
 
-def timed_calls(call: Callable[[], torch.Tensor], calls: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        call()
+def timed_calls(call: Callable[[], torch.Tensor], calls: int) -> list[float]:
+    """Milliseconds of each of `calls` calls."""
     times = []
     for _ in range(calls):
         started = time.perf_counter()
@@ -107,12 +106,12 @@ def main() -> int:
     rows = []
     # Round-robin over the variants, a few calls at a time, so that a change in the machine's load hits all.
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for call in variants.values():
+    for call in variants.values():  # warm-up
         call()
     rounds = max(1, args.calls // 5)
     for _ in range(rounds):
         for name, call in variants.items():
-            samples[name] += timed_calls(call, 5, warmup=0)
+            samples[name] += timed_calls(call, 5)
     base = statistics.median(samples["fp32"])
     for name, call in variants.items():
         median = statistics.median(samples[name])

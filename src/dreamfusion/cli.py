@@ -334,6 +334,7 @@ examples:
   dreamfusion prior train --out runs/prior --max-minutes 60   # stops cleanly with a checkpoint
   dreamfusion prior train --out runs/prior --resume           # continues it, same result as one sitting
   dreamfusion prior train --out runs/prior --resume --steps 8000   # trains a finished run further
+  dreamfusion prior train --out runs/prior --set render_ahead=true  # renders on a second core, same weights
   dreamfusion prior sample runs/prior/model "a red mug, front view" --out mug.png
 
 The run folder holds config.yaml, tokenizer/, checkpoints/, metrics.jsonl and, when done, model/ (the prior,

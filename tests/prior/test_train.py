@@ -110,6 +110,20 @@ def test_resumed_run_equals_uninterrupted_run(
     assert (split_dir / "model" / "model_index.json").is_file()
 
 
+def test_rendering_ahead_in_a_second_process_trains_the_same_weights(
+    make_config: MakeConfig, make_tokenizer: MakeTokenizer, tmp_path: Path
+):
+    inline = start_run(tmp_path / "inline", make_config(), make_tokenizer)
+    assert train(inline, tmp_path / "inline", max_minutes=None, progress=False)
+    ahead = start_run(tmp_path / "ahead", make_config(render_ahead=True), make_tokenizer)
+    assert train(ahead, tmp_path / "ahead", max_minutes=None, progress=False)
+    a, b = _state(inline), _state(ahead)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The trainer's generator follows the batches it was handed, not the ones rendered beyond them, so a
+    # checkpoint resumes with the next batch.
+    assert torch.equal(inline.data_generator.get_state(), ahead.data_generator.get_state())
+
+
 def test_new_run_refuses_a_used_folder(
     make_config: MakeConfig, make_tokenizer: MakeTokenizer, tmp_path: Path
 ):

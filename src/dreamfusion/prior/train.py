@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import multiprocessing.queues
+import multiprocessing.synchronize
+import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -92,6 +97,10 @@ class PriorTrainConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 1  # on a shared 2-core machine, two threads wait on each other (see the model card)
+    # Render the batches in a second process, a few steps ahead, while this one trains: a second core takes
+    # the world's sphere tracing off the training step. The batches and the checkpoints are the same as
+    # with inline rendering, so a run may switch between the two when it resumes.
+    render_ahead: bool = False
     export_fp16: bool = True  # halves the shipped file; loading casts back to the compute dtype
 
     def __post_init__(self) -> None:
@@ -183,9 +192,20 @@ class PriorTrainer:
 
     def next_batch(self) -> tuple[Tensor, list[str]]:
         """(B, 3, H, W) images in [-1, 1] and their captions, fresh renders of training scenes."""
-        res = self.config.model.resolution
-        batch = sample_training_batch(self.config.batch_size, res, self.data_generator, self.config.world)
-        return batch.images.permute(0, 3, 1, 2) * 2.0 - 1.0, list(batch.captions)
+        return render_batch(self.config, self.data_generator)
+
+    def batches(self) -> Iterator[tuple[Tensor, list[str]]]:
+        """next_batch() forever, rendered in this process or, with config.render_ahead, in another one.
+        Either way the data generator is left where next_batch() would leave it after each batch handed
+        out, which is what a checkpoint saves."""
+        if not self.config.render_ahead:
+            while True:
+                yield self.next_batch()
+        with RenderAhead(self.config, self.data_generator.get_state()) as ahead:
+            while True:
+                images, captions, state = ahead.next()
+                self.data_generator.set_state(state)
+                yield images, captions
 
     def update(self, images: Tensor, captions: list[str]) -> StepResult:
         """One optimisation step on one batch."""
@@ -330,10 +350,11 @@ def train(trainer: PriorTrainer, run_dir: Path, max_minutes: float | None, progr
         total=config.steps, initial=trainer.step, disable=not progress, unit="step", dynamic_ncols=True
     )
     window_start, window_images = time.monotonic(), 0
+    batches = trainer.batches()
     try:
         while trainer.step < config.steps:
             step_start = time.monotonic()
-            images, captions = trainer.next_batch()
+            images, captions = next(batches)
             result = trainer.update(images, captions)
             trainer.elapsed_s += time.monotonic() - step_start
             window_images += images.shape[0]
@@ -352,9 +373,84 @@ def train(trainer: PriorTrainer, run_dir: Path, max_minutes: float | None, progr
             if over_time and trainer.step < config.steps:
                 return False
     finally:
+        batches.close()  # stops a render-ahead process
         bar.close()
     trainer.export(run_dir / MODEL)
     return True
+
+
+def render_batch(config: PriorTrainConfig, generator: torch.Generator) -> tuple[Tensor, list[str]]:
+    res = config.model.resolution
+    batch = sample_training_batch(config.batch_size, res, generator, config.world)
+    # Contiguous NCHW whichever process rendered it: the renderer's layout (channels-last strides) does not
+    # survive the trip between processes, and the U-Net's convolutions round differently on the two.
+    return (batch.images.permute(0, 3, 1, 2) * 2.0 - 1.0).contiguous(), list(batch.captions)
+
+
+RENDER_AHEAD_DEPTH = 4  # batches rendered ahead: enough to ride out a slow batch, about 2 MB at 32 px
+
+
+class RenderAhead:
+    """A second process that renders batches from a copy of the data generator, in order, a few ahead.
+    Each batch comes with the generator's state after it, so the trainer's own generator can follow."""
+
+    def __init__(self, config: PriorTrainConfig, state: Tensor):
+        # A fresh interpreter: forking a process whose torch threads are running can hang the child.
+        context = multiprocessing.get_context("spawn")
+        self._queue = context.Queue(maxsize=RENDER_AHEAD_DEPTH)
+        self._stop = context.Event()
+        self._process = context.Process(
+            target=_render_ahead, args=(config, state.numpy(), self._queue, self._stop), daemon=True
+        )
+        self._process.start()
+
+    def next(self) -> tuple[Tensor, list[str], Tensor]:
+        while True:
+            try:
+                images, captions, state = self._queue.get(timeout=1.0)
+                return torch.from_numpy(images), captions, torch.from_numpy(state)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    raise RuntimeError(
+                        f"the render-ahead process died (exit code {self._process.exitcode})"
+                    ) from None
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._process.is_alive():
+            try:  # free a put() that waits on a full queue
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._process.join()
+
+    def __enter__(self) -> RenderAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _render_ahead(
+    config: PriorTrainConfig,
+    state: np.ndarray,
+    out: multiprocessing.queues.Queue,
+    stop: multiprocessing.synchronize.Event,
+) -> None:
+    torch.set_num_threads(1)
+    generator = torch.Generator()
+    generator.set_state(torch.from_numpy(state))
+    while not stop.is_set():
+        images, captions = render_batch(config, generator)
+        # Plain arrays, pickled whole: a torch tensor would travel as shared memory owned by this process,
+        # which the trainer could not open once this process has exited.
+        item = (images.numpy(), captions, generator.get_state().numpy())
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                pass
 
 
 def save_run_checkpoint(trainer: PriorTrainer, run_dir: Path) -> Path:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.cli import prior_wheel_cache
 from dreamfusion.device import machine_facts
 from dreamfusion.prior.tokenizer import build_clip_tokenizer
 from dreamfusion.prior.train import PriorTrainConfig, PriorTrainer
-from dreamfusion.prompts import dreamfusion_cache
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "bench_prior_train.json"
 
@@ -59,9 +59,8 @@ def main() -> None:
     torch.set_num_threads(config.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_clip_tokenizer(
-            Path(tmp) / "tokenizer", dreamfusion_cache() / "wheels", config.model.max_tokens
-        )
+        max_tokens = config.model.max_tokens
+        tokenizer = build_clip_tokenizer(Path(tmp) / "tokenizer", prior_wheel_cache(), max_tokens)
         for name, render_ahead in (("inline", False), ("rendered ahead", True)):
             times = step_times(replace(config, render_ahead=render_ahead), tokenizer, args.steps, args.warmup)
             median = statistics.median(times)

@@ -344,8 +344,9 @@ open-clip-torch wheel, which pip downloads once into the dreamfusion cache (the 
 
 
 def prior_wheel_cache() -> Path:
-    # Beside the text-embedding cache, under $DREAMFUSION_CACHE (default ~/.cache/dreamfusion).
-    return dreamfusion_cache() / "wheels"
+    from dreamfusion.prior.tokenizer import wheel_folder
+
+    return wheel_folder(dreamfusion_cache())
 
 
 def cmd_prior_train(args: argparse.Namespace) -> int:

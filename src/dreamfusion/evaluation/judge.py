@@ -63,7 +63,7 @@ from dreamfusion.evaluation.classifier import (
 from dreamfusion.evaluation.suite import ground_truth_rprecision, shape_caption
 from dreamfusion.files import build_folder_once
 from dreamfusion.prior.model import load_tokenizer, small_clip_text_config
-from dreamfusion.prior.tokenizer import build_clip_tokenizer
+from dreamfusion.prior.tokenizer import build_clip_tokenizer, wheel_folder
 from dreamfusion.prior.train import PRIOR_BACKGROUND_COLOURFULNESS
 from dreamfusion.prompts import dreamfusion_cache
 from dreamfusion.shading import ShadingMode
@@ -535,7 +535,7 @@ def clip_tokenizer_folder(cache: Path, max_tokens: int) -> Path:
     """CLIP's tokenizer folder under `cache`, built once from the pinned open-clip-torch wheel."""
     return build_folder_once(
         cache / "clip-tokenizer" / str(max_tokens),
-        lambda staging: build_clip_tokenizer(staging, cache / "wheels", max_tokens),
+        lambda staging: build_clip_tokenizer(staging, wheel_folder(cache), max_tokens),
         "tokenizer_config.json",
     )
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dreamfusion.errors import UserError
 from dreamfusion.files import build_folder_once
-from dreamfusion.prior.tokenizer import build_clip_tokenizer
+from dreamfusion.prior.tokenizer import build_clip_tokenizer, wheel_folder
 
 CHECKSUMS = "SHA256SUMS"
 MODEL_CARD = "MODEL_CARD.md"
@@ -76,7 +76,7 @@ def builtin_prior_folder(cache: Path, package: Path | None = None) -> Path:
                 shutil.copytree(source, staging / name)
             else:
                 shutil.copy2(source, staging / name)
-        build_clip_tokenizer(staging / "tokenizer", cache / "wheels", max_tokens)
+        build_clip_tokenizer(staging / "tokenizer", wheel_folder(cache), max_tokens)
 
     folder = cache / "builtin-prior" / digest[:16]
     return build_folder_once(folder, assemble, "tokenizer/tokenizer_config.json")

@@ -109,6 +109,12 @@ def download_command(folder: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def wheel_folder(cache: Path) -> Path:
+    """Where the wheel is kept under a dreamfusion cache folder ($DREAMFUSION_CACHE, default
+    ~/.cache/dreamfusion): the one place that names it."""
+    return cache / "wheels"
+
+
 def open_clip_wheel(cache: Path) -> Path:
     """The pinned wheel in `cache`, downloaded with pip (from PyPI or the configured index) if absent."""
     wheel = cache / OPEN_CLIP_WHEEL

@@ -469,3 +469,13 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     steps = metric_steps(run_dir)
     assert 3 <= len(steps) < 300
     assert (run_dir / "checkpoints" / f"step_{steps[-1]:07d}.safetensors").is_file()
+
+
+def test_target_guidance_fits_a_world_prompt_and_refuses_a_foreign_one(capsys, tmp_path):
+    target = ["--preset", "target", "--set", "guidance.target_shape=prompt", "--steps", "2", *SMALL]
+    code, stdout, err = cli(capsys, "generate", "a red cube", "--out", str(tmp_path / "cube"), *target)
+    assert code == 0, err
+    assert "exact scene" in err and (tmp_path / "cube" / "config.yaml").is_file()
+    code, _, err = cli(capsys, "generate", "a dragon", "--out", str(tmp_path / "dragon"), *target)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "dragon").exists()

@@ -40,7 +40,7 @@ from dreamfusion.device import pick_device, use_cpu_threads
 from dreamfusion.errors import UserError
 from dreamfusion.export.command import add_export_command
 from dreamfusion.files import write_text_atomic
-from dreamfusion.guidance import DEFAULT_MODELS, KINDS, build_guidance
+from dreamfusion.guidance import DEFAULT_MODELS, KINDS, TARGET_PROMPT, build_guidance
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.prompts import default_cache_dir, dreamfusion_cache, validate_prompt
 from dreamfusion.trainer import Config, Trainer, load_latest, read_run_config
@@ -213,7 +213,13 @@ def load_guidance(config: Config, device: torch.device) -> Guidance:
     if config.guidance.kind != "target":
         quiet_diffusers_and_transformers()
     return build_guidance(
-        config.guidance, device, config.train.seed + 2, config.sampling, config.light, config.train.resolution
+        config.guidance,
+        device,
+        config.train.seed + 2,
+        config.sampling,
+        config.light,
+        config.train.resolution,
+        prompt=config.prompt.text,
     )
 
 
@@ -283,9 +289,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if config.guidance.kind == "builtin":
         warn_unknown_words(config.prompt.text)
     if config.guidance.kind == "target":
-        log.warning(
-            "the target guidance ignores the prompt: it reconstructs a known %r", config.guidance.target_shape
-        )
+        if config.guidance.target_shape == TARGET_PROMPT:
+            log.warning("the target guidance reconstructs the world's exact scene of the prompt: no prior")
+        else:
+            log.warning(
+                "the target guidance ignores the prompt: it reconstructs a known %r",
+                config.guidance.target_shape,
+            )
         if config.guidance.model is not None:
             log.warning("the target guidance uses no model; guidance.model is ignored")
     print(f"run folder: {run_dir}")

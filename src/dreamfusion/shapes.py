@@ -1,19 +1,23 @@
 """Known objects as fields: signed distance functions turned into density, with a colour per part.
 
-They let tests and the `target` guidance check the optimiser against a known answer: a coloured sphere, and
-an asymmetric mug whose handle is on its left (+Y) and whose front (+X) carries a coloured badge, so a
-multi-faced (Janus) result is visible.
+They let tests and the `target` guidance check the optimiser against a known answer: a coloured sphere, an
+asymmetric mug whose handle is on its left (+Y) and whose front (+X) carries a coloured badge, so a
+multi-faced (Janus) result is visible, and any scene of the procedural world (`SceneField`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from dreamfusion.field import Field, FieldOutput, autograd_normals
+
+if TYPE_CHECKING:  # the world imports the guidance package, which imports this module
+    from dreamfusion.world import Scene
 
 SHAPES = ("sphere", "mug")
 
@@ -59,31 +63,57 @@ def shape_geometry(name: str, points: Tensor) -> ShapeGeometry:
     return ShapeGeometry(sdf=sdf, albedo=albedo)
 
 
-class AnalyticField(Field):
-    """Density `sharpness` deeper than `softness` inside, a linear ramp up to it, zero outside: no density
-    leaks outside the shape, so silhouettes have the true size."""
+class SDFField(Field):
+    """A known object as a field: density `sharpness` deeper than `softness` inside, a linear ramp up to it,
+    zero outside, so no density leaks outside the shape and silhouettes have the true size. Subclasses say
+    what the object is (`geometry`)."""
 
-    def __init__(self, shape: str, bound: float = 1.4, sharpness: float = 200.0, softness: float = 0.02):
+    def __init__(self, bound: float = 1.4, sharpness: float = 200.0, softness: float = 0.02):
         super().__init__()
-        if shape not in SHAPES:
-            raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
-        self.shape = shape
         self.bound = bound
         self.sharpness = sharpness
         self.softness = softness
+
+    def geometry(self, points: Tensor) -> ShapeGeometry:
+        raise NotImplementedError
 
     def _density(self, sdf: Tensor) -> Tensor:
         return self.sharpness * (-sdf / self.softness).clamp(0.0, 1.0)
 
     def density(self, points: Tensor) -> Tensor:
-        return self._density(shape_geometry(self.shape, points).sdf)
+        return self._density(self.geometry(points).sdf)
 
     def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
-        geometry = shape_geometry(self.shape, points)
+        geometry = self.geometry(points)
         density = self._density(geometry.sdf)
         normals = None
         if with_normals:
             with torch.no_grad():
-                normals = autograd_normals(lambda x: -shape_geometry(self.shape, x).sdf, points)
+                normals = autograd_normals(lambda x: -self.geometry(x).sdf, points)
                 normals = F.normalize(normals, dim=-1)
         return FieldOutput(density=density, albedo=geometry.albedo, normals=normals)
+
+
+class AnalyticField(SDFField):
+    """One of the named test objects (SHAPES)."""
+
+    def __init__(self, shape: str, bound: float = 1.4, sharpness: float = 200.0, softness: float = 0.02):
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+        super().__init__(bound, sharpness, softness)
+        self.shape = shape
+
+    def geometry(self, points: Tensor) -> ShapeGeometry:
+        return shape_geometry(self.shape, points)
+
+
+class SceneField(SDFField):
+    """A scene of the procedural world (dreamfusion.world) with its exact SDF and albedo: what a run of one of
+    its captions should end up as."""
+
+    def __init__(self, scene: Scene, bound: float = 1.4, sharpness: float = 200.0, softness: float = 0.02):
+        super().__init__(bound, sharpness, softness)
+        self.scene = scene
+
+    def geometry(self, points: Tensor) -> ShapeGeometry:
+        return ShapeGeometry(sdf=self.scene.sdf(points), albedo=self.scene.albedo(points))

@@ -13,6 +13,10 @@ from dreamfusion.lights import LightConfig
 from dreamfusion.sampling import SamplingConfig
 from dreamfusion.shapes import SHAPES
 
+# guidance.target_shape: a named test object, or "prompt": the procedural world's scene of the run's prompt.
+TARGET_PROMPT = "prompt"
+TARGETS = (*SHAPES, TARGET_PROMPT)
+
 # What `--guidance KIND` loads when no `--model` is given.
 DEFAULT_MODELS = {
     "pixel": "DeepFloyd/IF-I-XL-v1.0",  # pixel-space, 64x64: the closest open model to the paper's Imagen
@@ -30,15 +34,17 @@ class GuidanceConfig:
     precision: str = "auto"  # "auto" = fp16 on CUDA, fp32 on CPU (device.py)
     attention_slicing: bool = False  # lower peak memory on small GPUs, slower
     cpu_offload: bool = False  # keep the prior's modules on the CPU between uses (CUDA only)
-    target_shape: str = "sphere"  # for kind "target": the known object to reconstruct
+    # For kind "target": the known object to reconstruct, a name of shapes.SHAPES or "prompt" (the world's
+    # exact scene for the prompt, so a run shows what the optimiser makes of a perfect teacher).
+    target_shape: str = "sphere"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"guidance.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.sds.guidance_scale < 0:
             raise ValueError("guidance.sds.guidance_scale must be >= 0")
-        if self.target_shape not in SHAPES:
-            raise ValueError(f"target_shape must be one of {', '.join(SHAPES)}, got {self.target_shape!r}")
+        if self.target_shape not in TARGETS:
+            raise ValueError(f"target_shape must be one of {', '.join(TARGETS)}, got {self.target_shape!r}")
         if self.kind == "builtin" and self.model is not None:
             raise ValueError(
                 "guidance.model names a prior to load, but the builtin kind has its own weights: "
@@ -59,11 +65,14 @@ def build_guidance(
     light: LightConfig,
     resolution: int | None,
     cache: Path | None = None,
+    prompt: str | None = None,
 ) -> Guidance:
     """Build the guidance named by `config.kind`. Loading a diffusion prior can raise UserError (missing
     weights, bad folder) with a one-line message. The target guidance renders with the run's sampling and
-    light settings at the run's resolution (64 when unset). The builtin prior's folder (weights checked
-    against their sha256, tokenizer built once) is assembled under `cache`, default the dreamfusion cache."""
+    light settings at the run's resolution (64 when unset); its "prompt" target is the world scene of
+    `prompt` (a CaptionError, one line, when the prompt is not a world caption). The builtin prior's folder
+    (weights checked against their sha256, tokenizer built once) is assembled under `cache`, default the
+    dreamfusion cache."""
     dtype = prior_dtype(device, config.precision)
     match config.kind:
         case "builtin":
@@ -99,8 +108,15 @@ def build_guidance(
             )
         case "target":
             from dreamfusion.guidance.target import TargetGuidance
+            from dreamfusion.shapes import AnalyticField, SceneField
+            from dreamfusion.world import scene_from_caption
 
+            if config.target_shape == TARGET_PROMPT:
+                scene = scene_from_caption(prompt or "")
+                target, name = SceneField(scene), scene.caption()
+            else:
+                target, name = AnalyticField(config.target_shape), config.target_shape
             size = resolution or 64
-            return TargetGuidance(config.target_shape, sampling, light.ambient, light.diffuse, size)
+            return TargetGuidance(target, name, sampling, light.ambient, light.diffuse, size)
         case _:
             raise ValueError(f"unknown guidance kind {config.kind!r}")

@@ -2,7 +2,10 @@
 
 It is not a text-to-image prior. It exists to prove that cameras, renderer, gradients and optimiser work
 together before any learned prior is involved (the issue's acceptance test, and `--guidance target` for a
-quick look). The text is ignored. The gradient is that of 0.5 * ||render - target||^2.
+quick look). The gradient is that of 0.5 * ||render - target||^2. The text is ignored, except that the
+"prompt" target (`guidance.target_shape=prompt`) is the procedural world's exact scene for the prompt: a run
+then shows what the optimiser, the field and the export make of a perfect 2D teacher, which bounds what any
+prior can get from them (benchmarks/table1.py's "fit to true renders" row).
 """
 
 from __future__ import annotations
@@ -16,20 +19,28 @@ from dreamfusion.guidance.base import GuidanceOutput, TextEmbeddings, ViewBatch
 from dreamfusion.renderer import render
 from dreamfusion.sampling import SamplingConfig
 from dreamfusion.shading import ShadingMode
-from dreamfusion.shapes import AnalyticField
+from dreamfusion.shapes import SDFField
 
 
 class TargetGuidance:
-    def __init__(self, shape: str, sampling: SamplingConfig, ambient: float, diffuse: float, image_size: int):
-        self.target = AnalyticField(shape)
+    def __init__(
+        self,
+        target: SDFField,
+        name: str,
+        sampling: SamplingConfig,
+        ambient: float,
+        diffuse: float,
+        image_size: int,
+    ):
+        self.target = target
+        self.name = name  # what the target is, e.g. "sphere" or a world caption
         self.sampling = sampling
         self.ambient = ambient
         self.diffuse = diffuse
         self.image_size = image_size
-        self.shape = shape
 
     def cache_key(self) -> str:
-        return f"target:{self.shape}"
+        return f"target:{self.name}"
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         return torch.zeros(len(texts), 1, 1)  # the text plays no part

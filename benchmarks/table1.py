@@ -188,6 +188,49 @@ def markdown(table: dict[str, dict[str, dict[str, float | None]]], model_name: s
     return "\n".join(lines)
 
 
+PAIRED = (
+    ("color", 100.0, "R-Prec Color (points)"),
+    ("geo", 100.0, "R-Prec Geo (points)"),
+    ("iou", 1.0, "IoU"),
+    ("chamfer", 1.0, "Chamfer"),
+)
+
+
+def paired_differences(jobs: Sequence[Job], results: Sequence[dict[str, object]], reference: str) -> dict:
+    """Each other row minus `reference`, run by run (same prompt and seed): mean and standard error of the
+    difference, which is far tighter than comparing the rows' means when runs vary by prompt."""
+    by_row: dict[str, dict[tuple[str, int], dict]] = {}
+    for job, result in zip(jobs, results, strict=True):
+        by_row.setdefault(job.row.name, {})[(job.prompt.caption, job.seed)] = result
+    base = by_row.get(reference, {})
+    out = {}
+    for row, runs in by_row.items():
+        pairs = [(runs[k], base[k]) for k in runs if row != reference and k in base]
+        if len(pairs) < 2:
+            continue
+        out[row] = {"pairs": len(pairs)}
+        for key, scale, _ in PAIRED:
+            source = "r_precision" if key in ("color", "geo") else "ground_truth"
+            # Chamfer is None for a run with an empty field: such pairs are left out of its column.
+            values = [((a[source] or {}).get(key), (b[source] or {}).get(key)) for a, b in pairs]
+            d = [scale * (x - y) for x, y in values if x is not None and y is not None]
+            out[row][key] = (statistics.fmean(d), statistics.stdev(d) / len(d) ** 0.5)
+    return out
+
+
+def paired_markdown(paired: dict, reference: str) -> str:
+    lines = [
+        f"Paired differences to {reference} (same prompt and seed): mean (standard error).",
+        "",
+        "| method | pairs | " + " | ".join(label for _, _, label in PAIRED) + " |",
+        "|---|---:|" + "---:|" * len(PAIRED),
+    ]
+    for row, d in paired.items():
+        cells = [f"{d[k][0]:+.{1 if s > 1 else 3}f} ({d[k][1]:.{1 if s > 1 else 3}f})" for k, s, _ in PAIRED]
+        lines.append(f"| {row} | {d['pairs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ground_truth_row(model: object, prompts: tuple[SuitePrompt, ...]) -> dict[str, dict[str, float | None]]:
     """R-Precision of the exact scenes' renders, ranked among the whole suite's captions as runs are, over
     the rows of `prompts`; IoU, Chamfer and colour error are exact by definition."""
@@ -275,6 +318,9 @@ def main() -> None:
             "all": aggregate([r for _, r in mine]),
         }
     text = markdown(table, getattr(model, "name", args.model))
+    paired = paired_differences(jobs, results, ROWS[0].name)
+    if paired:
+        text += "\n\n" + paired_markdown(paired, ROWS[0].name)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "table1-quick" if args.quick else "table1"
@@ -294,6 +340,7 @@ def main() -> None:
         "settings": args.set,
         "wall_seconds": time.perf_counter() - began,
         "table": table,
+        "paired_differences": paired,
         "runs": [{"row": j.row.name, "seed": j.seed, **r} for j, r in zip(jobs, results, strict=True)],
     }
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -28,6 +28,7 @@ from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import (
     default_bound,
     density_grid,
+    grid_iou,
     load_run_field,
     occupancy_threshold,
     scene_occupancy_grid,
@@ -36,10 +37,6 @@ from dreamfusion.export.mesh import half_opacity_threshold
 from dreamfusion.world import is_held_out, scene_from_caption
 
 RESOLUTION = 128  # dreamfusion eval's and the export's grid
-
-
-def iou(occupied: torch.Tensor, truth: torch.Tensor) -> float:
-    return int((occupied & truth).sum()) / max(int((occupied | truth).sum()), 1)
 
 
 def main() -> None:
@@ -75,9 +72,9 @@ def main() -> None:
                 "prompt": config.prompt.text,
                 "held_out": is_held_out(scene),
                 "cell_level": fixed,
-                "iou_cell_level": iou(grid >= fixed, truths[key]),
+                "iou_cell_level": grid_iou(grid >= fixed, truths[key]),
                 "mesh_level": level,
-                "iou_mesh_level": 0.0 if level is None else iou(grid >= level, truths[key]),
+                "iou_mesh_level": 0.0 if level is None else grid_iou(grid >= level, truths[key]),
             }
         )
 

@@ -102,6 +102,11 @@ def occupancy_threshold(cell_size: float) -> float:
     return math.log(2.0) / cell_size
 
 
+def grid_iou(occupied: Tensor, truth: Tensor) -> float:
+    """Intersection over union of two boolean grids of the same cells (0 when both are empty)."""
+    return int((occupied & truth).sum()) / max(int((occupied | truth).sum()), 1)
+
+
 @dataclass(frozen=True)
 class OccupancyComparison:
     iou: float  # |field AND scene| / |field OR scene|, in cells
@@ -126,10 +131,8 @@ def compare_occupancy(
     threshold = occupancy_threshold(cell) if threshold is None else float(threshold)
     occupied = density_grid(field, resolution, bound) >= threshold
     truth = scene_occupancy_grid(scene, resolution, bound)
-    union = int((occupied | truth).sum())
-    intersection = int((occupied & truth).sum())
     return OccupancyComparison(
-        iou=intersection / max(union, 1),
+        iou=grid_iou(occupied, truth),
         field_volume=int(occupied.sum()) * cell**3,
         scene_volume=int(truth.sum()) * cell**3,
         resolution=resolution,

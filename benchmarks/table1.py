@@ -214,7 +214,7 @@ def paired_differences(jobs: Sequence[Job], results: Sequence[dict[str, object]]
             # Chamfer is None for a run with an empty field: such pairs are left out of its column.
             values = [((a[source] or {}).get(key), (b[source] or {}).get(key)) for a, b in pairs]
             d = [scale * (x - y) for x, y in values if x is not None and y is not None]
-            out[row][key] = (statistics.fmean(d), statistics.stdev(d) / len(d) ** 0.5)
+            out[row][key] = (statistics.fmean(d), statistics.stdev(d) / len(d) ** 0.5) if len(d) > 1 else None
     return out
 
 
@@ -226,7 +226,10 @@ def paired_markdown(paired: dict, reference: str) -> str:
         "|---|---:|" + "---:|" * len(PAIRED),
     ]
     for row, d in paired.items():
-        cells = [f"{d[k][0]:+.{1 if s > 1 else 3}f} ({d[k][1]:.{1 if s > 1 else 3}f})" for k, s, _ in PAIRED]
+        cells = [
+            "—" if d[k] is None else f"{d[k][0]:+.{1 if s > 1 else 3}f} ({d[k][1]:.{1 if s > 1 else 3}f})"
+            for k, s, _ in PAIRED
+        ]
         lines.append(f"| {row} | {d['pairs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

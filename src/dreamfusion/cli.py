@@ -426,6 +426,67 @@ def cmd_prior_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+LATENT_STAGES = ("dataset", "vae", "text", "encode", "unet", "export")
+
+PRIOR_LATENT_EPILOG = """\
+stages, in order (each resumable: run it again to continue from its last checkpoint):
+  dataset  render the fixed training set once (--workers processes, default one per core)
+  vae      train the autoencoder (AutoencoderKL) on it
+  text     pretrain the text encoder contrastively against an image tower of its own
+  encode   encode the set to latents with the finished autoencoder
+  unet     train the latent U-Net with the text encoder frozen
+  export   write ROOT/model, the prior in Stable Diffusion's layout
+
+examples:
+  dreamfusion prior latent dataset --out runs/prior-v3
+  dreamfusion prior latent vae --out runs/prior-v3 --max-minutes 60
+  dreamfusion prior latent unet --out runs/prior-v3 --set weighting=min-snr
+"""
+
+
+def cmd_prior_latent(args: argparse.Namespace) -> int:
+    from dreamfusion.prior import latent
+    from dreamfusion.prior.dataset import DatasetConfig, render_dataset
+    from dreamfusion.prior.text_pretrain import TextEncoderConfig
+    from dreamfusion.prior.tokenizer import build_clip_tokenizer
+
+    quiet_diffusers_and_transformers()
+    run = latent.LatentRun(args.out)
+    progress = show_progress(args)
+    stage = args.stage
+    if args.set and stage in ("dataset", "encode", "export"):
+        raise UserError(f"--set applies to the training stages (vae, text, unet), not to {stage}")
+    if stage == "dataset":
+        config = DatasetConfig(
+            **{k: v for k, v in (("images", args.images), ("seed", args.seed)) if v is not None}
+        )
+        rate = render_dataset(run.dataset, config, args.workers or os.cpu_count() or 1, progress)
+        if not run.tokenizer.is_dir():
+            build_clip_tokenizer(run.tokenizer, prior_wheel_cache(), TextEncoderConfig().max_tokens)
+        print(f"rendered set complete in {run.dataset} ({rate:.0f} images/s this sitting)")
+        return 0
+    if stage == "encode":
+        print(f"latents in {latent.encode_latents(run)}")
+        return 0
+    if stage == "export":
+        print(f"the prior is in {latent.export_latent_prior(run)}")
+        return 0
+    train = {"vae": latent.train_autoencoder, "text": latent.train_text_encoder, "unet": latent.train_unet}[
+        stage
+    ]
+    hint = f"dreamfusion prior latent {stage} --out {shlex.quote(str(run.root))}"
+    try:
+        finished = train(run, args.set, args.max_minutes, progress)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: {hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not finished:
+        print(f"stopped (time budget); continue with: {hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"done: {run.root / stage / latent.MODEL}")
+    return 0
+
+
 def cmd_prior_vocab(args: argparse.Namespace) -> int:
     from dreamfusion.prior.builtin import vocabulary_text
 
@@ -554,6 +615,28 @@ def add_prior_commands(sub: argparse._SubParsersAction) -> None:
         "--scale", type=positive_int, default=4, metavar="K", help="enlarge pixels K times (default 4)"
     )
     s.set_defaults(func=cmd_prior_sample)
+
+    lat = commands.add_parser(
+        "latent",
+        help="train the latent prior (Stable Diffusion layout) stage by stage",
+        description="Train the built-in latent prior: one STAGE at a time, each resumable.",
+        epilog=PRIOR_LATENT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lat.add_argument("stage", choices=LATENT_STAGES, metavar="STAGE", help=", ".join(LATENT_STAGES))
+    lat.add_argument("--out", type=Path, required=True, metavar="ROOT", help="the latent prior's run folder")
+    lat.add_argument("--images", type=positive_int, metavar="N", help="dataset: images (default 300000)")
+    lat.add_argument("--seed", type=seed, metavar="S", help="dataset: render seed (default 0)")
+    lat.add_argument("--workers", type=positive_int, metavar="N", help="dataset: processes (default: cores)")
+    lat.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        metavar="M",
+        help="training stages: stop after M minutes of this sitting, with a checkpoint",
+    )
+    add_set_option(lat, "loop.steps=2000 or --set weighting=min-snr")
+    add_progress_option(lat)
+    lat.set_defaults(func=cmd_prior_latent)
 
     v = commands.add_parser(
         "vocab",

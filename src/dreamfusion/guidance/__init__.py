@@ -22,7 +22,8 @@ DEFAULT_MODELS = {
     "pixel": "DeepFloyd/IF-I-XL-v1.0",  # pixel-space, 64x64: the closest open model to the paper's Imagen
     "stable-diffusion": "stabilityai/stable-diffusion-2-1-base",  # what stable-dreamfusion defaults to
 }
-# "builtin" is the pixel backend with the prior that ships in the package (prior/builtin.py): no download.
+# "builtin" is the prior that ships in the package (prior/builtin.py), no download, loaded by the backend of
+# its folder layout: stable-diffusion for the latent prior, pixel for the older pixel-space one.
 KINDS = ("builtin", "pixel", "stable-diffusion", "target")
 
 
@@ -77,11 +78,14 @@ def build_guidance(
     match config.kind:
         case "builtin":
             from dreamfusion.guidance.pixel_diffusion import PixelDiffusionGuidance
-            from dreamfusion.prior.builtin import builtin_prior_folder
+            from dreamfusion.guidance.stable_diffusion import StableDiffusionGuidance
+            from dreamfusion.prior.builtin import builtin_prior_folder, is_latent
             from dreamfusion.prompts import dreamfusion_cache
 
             folder = builtin_prior_folder(cache or dreamfusion_cache())
-            return PixelDiffusionGuidance(str(folder), config.sds, device, dtype, seed)
+            # The folder's layout names its backend: Stable Diffusion's for a latent prior, IF's for pixels.
+            backend = StableDiffusionGuidance if is_latent(folder) else PixelDiffusionGuidance
+            return backend(str(folder), config.sds, device, dtype, seed)
         case "stable-diffusion":
             from dreamfusion.guidance.stable_diffusion import StableDiffusionGuidance
 

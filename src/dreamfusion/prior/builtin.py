@@ -21,8 +21,9 @@ from dreamfusion.prior.tokenizer import build_clip_tokenizer, wheel_folder
 
 CHECKSUMS = "SHA256SUMS"
 MODEL_CARD = "MODEL_CARD.md"
-# Components copied from the package into the assembled folder; the tokenizer is built beside them.
-SHIPPED = ("model_index.json", "scheduler", "text_encoder", "unet")
+# Components copied from the package into the assembled folder; the tokenizer is built beside them. A latent
+# prior (Stable Diffusion's layout) has a vae/ too; a pixel prior (IF stage I's layout) has none.
+SHIPPED = ("model_index.json", "scheduler", "text_encoder", "unet", "vae")
 
 
 def package_folder() -> Path:
@@ -74,12 +75,18 @@ def builtin_prior_folder(cache: Path, package: Path | None = None) -> Path:
             source = package / name
             if source.is_dir():
                 shutil.copytree(source, staging / name)
-            else:
+            elif source.is_file():
                 shutil.copy2(source, staging / name)
         build_clip_tokenizer(staging / "tokenizer", wheel_folder(cache), max_tokens)
 
     folder = cache / "builtin-prior" / digest[:16]
     return build_folder_once(folder, assemble, "tokenizer/tokenizer_config.json")
+
+
+def is_latent(folder: Path) -> bool:
+    """Whether a prior folder is in Stable Diffusion's latent layout (it has an autoencoder) rather than IF
+    stage I's pixel layout: which guidance backend loads it."""
+    return (folder / "vae").is_dir()
 
 
 def vocabulary_text() -> str:
@@ -117,7 +124,7 @@ def ship(model_folder: Path, package: Path | None = None) -> dict[str, str]:
             shutil.rmtree(target)
         if source.is_dir():
             shutil.copytree(source, target)
-        else:
+        elif source.is_file():
             shutil.copy2(source, target)
     files = sorted(
         p for name in SHIPPED for p in [package / name, *(package / name).rglob("*")] if p.is_file()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from dreamfusion.prior.model import load_tokenizer
@@ -43,6 +43,7 @@ class LoadedPrior:
     unet: UNet2DConditionModel
     tokenizer: PreTrainedTokenizerBase
     scheduler_folder: Path  # a sampler class of the caller's choice is built from its config
+    vae: AutoencoderKL | None = None  # a latent prior's (Stable Diffusion layout); None for a pixel prior
 
 
 def export_prior(
@@ -85,11 +86,15 @@ def weight_digests(folder: Path) -> dict[str, str]:
 
 
 def load_prior(folder: Path, dtype: torch.dtype = torch.float32) -> LoadedPrior:
-    """The exported networks in eval mode (weights stored in fp16 are cast to `dtype`)."""
+    """The exported networks in eval mode (weights stored in fp16 are cast to `dtype`); the autoencoder too
+    when the folder has one (a latent prior in Stable Diffusion's layout)."""
     folder = Path(folder)
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).eval()
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype).eval()
-    return LoadedPrior(text_encoder, unet, load_tokenizer(folder / "tokenizer"), folder / "scheduler")
+    vae = None
+    if (folder / "vae").is_dir():
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype).eval()
+    return LoadedPrior(text_encoder, unet, load_tokenizer(folder / "tokenizer"), folder / "scheduler", vae)
 
 
 def _cast_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

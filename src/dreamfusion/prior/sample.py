@@ -21,12 +21,12 @@ NoisePredictor = Callable[[Tensor, Tensor], Tensor]
 
 @torch.no_grad()
 def ddim(predict_noise: NoisePredictor, noise: Tensor, scheduler: DDIMScheduler, steps: int) -> Tensor:
-    """Deterministic DDIM (eta 0) from pure noise (N, 3, H, W) to images in [-1, 1]."""
+    """Deterministic DDIM (eta 0) from pure noise (N, C, H, W) to the clean sample (images or latents)."""
     scheduler.set_timesteps(steps)
     x = noise
     for t in scheduler.timesteps:
         x = scheduler.step(predict_noise(x, t), t, x, eta=0.0).prev_sample
-    return x.clamp(-1.0, 1.0)
+    return x
 
 
 @torch.no_grad()
@@ -66,9 +66,14 @@ def sample(
         return uncond + guidance_scale * (cond - uncond)
 
     size = prior.unet.config.sample_size
-    noise = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
+    channels = prior.unet.config.in_channels
+    noise = torch.randn((n, channels, size, size), generator=torch.Generator().manual_seed(seed))
     scheduler = DDIMScheduler.from_pretrained(prior.scheduler_folder, clip_sample=clip_x0)
-    return ((ddim(guided, noise, scheduler, steps) + 1.0) / 2.0).permute(0, 2, 3, 1)
+    clean = ddim(guided, noise, scheduler, steps)
+    if prior.vae is not None:  # a latent prior: decode as Stable Diffusion does
+        config = prior.vae.config
+        clean = prior.vae.decode(clean / config.scaling_factor + (config.shift_factor or 0.0)).sample
+    return ((clean.clamp(-1.0, 1.0) + 1.0) / 2.0).permute(0, 2, 3, 1)
 
 
 def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int = 1) -> Path:

@@ -41,7 +41,13 @@ TINY_SET = DatasetConfig(images=10, resolution=16, shard_size=4, seed=3)
 TINY_VAE = AutoencoderConfig(channels=(8, 16), latent_channels=4, norm_groups=8, resolution=16)
 TINY_TEXT = TextEncoderConfig(width=16, layers=1, heads=2, max_tokens=24)
 TINY_UNET = LatentUNetConfig(
-    sample_size=8, channels=(32, 32), attention=(False, True), attention_heads=2, norm_groups=8, text_width=16
+    sample_size=8,
+    channels=(32, 32),
+    attention=(False, True),
+    attention_heads=2,
+    norm_groups=8,
+    text_width=16,
+    pooled_text=True,
 )
 
 

@@ -49,8 +49,10 @@ class StableDiffusionGuidance(FrozenPrior):
         cpu_offload: bool = False,
     ):
         folder = resolve_model(model, COMPONENTS)
-        # SD 1.x / 2.x condition on the text states alone (SDXL's pooled text and size ids are not provided).
-        config = unet_config(folder, text_only=(None,))
+        # SD 1.x / 2.x condition on the text states alone (SDXL's pooled text and size ids are not provided);
+        # a U-Net that also pools those states into its timestep embedding (addition_embed_type "text", as IF
+        # and the built-in latent prior do) needs nothing more.
+        config = unet_config(folder, text_only=(None, "text"))
         found = folder.component_class("vae")
         if found != "AutoencoderKL":
             raise UserError(f"model {model!r}: vae is a {found}, this backend needs an AutoencoderKL")

@@ -66,11 +66,12 @@ def test_embeddings_are_unit_rows_one_per_input(clip: ClipImageText):
 def test_embeddings_are_deterministic_and_tell_inputs_apart(clip: ClipImageText):
     batch = images(4, 1)
     first, again = clip.embed_images(batch), clip.embed_images(batch)
-    assert torch.equal(first, again)
+    # CPU kernels may block rows differently from call to call or row to row, so "the same" is to float precision.
+    assert torch.allclose(first, again, atol=1e-6)
     assert torch.allclose(first[2:3], clip.embed_images(batch[2:3]), atol=1e-5)  # batching changes nothing
     assert (first[0] - first[1]).norm() > 1e-3
     texts = clip.embed_texts(["a red chair", "a blue car", "a red chair"])
-    assert torch.equal(texts[0], texts[2]) and (texts[0] - texts[1]).norm() > 1e-3
+    assert torch.allclose(texts[0], texts[2], atol=1e-6) and (texts[0] - texts[1]).norm() > 1e-3
 
 
 def test_preprocessing_matches_the_processor(clip: ClipImageText):

@@ -66,7 +66,7 @@ def test_embeddings_are_unit_rows_one_per_input(clip: ClipImageText):
 def test_embeddings_are_deterministic_and_tell_inputs_apart(clip: ClipImageText):
     batch = images(4, 1)
     first, again = clip.embed_images(batch), clip.embed_images(batch)
-    # CPU kernels may block rows differently from call to call or row to row, so "the same" is to float precision.
+    # CPU kernels may block rows differently from call to call: "the same" is to float precision.
     assert torch.allclose(first, again, atol=1e-6)
     assert torch.allclose(first[2:3], clip.embed_images(batch[2:3]), atol=1e-5)  # batching changes nothing
     assert (first[0] - first[1]).norm() > 1e-3

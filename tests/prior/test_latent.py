@@ -227,3 +227,23 @@ def test_generate_runs_a_latent_builtin_through_the_stable_diffusion_path(
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["guidance"]["kind"] == "builtin"
     assert config["train"]["resolution"] == 16  # the tiny prior's 8x8 latents times its VAE's factor 2
+
+
+def test_the_unet_refuses_latents_of_another_shape(tiny_tokenizer: Path):
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer)
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=24,
+            vocab_size=tokenizer.vocab_size,
+        )
+    )
+    config = LatentUNetTrainConfig(unet=TINY_UNET, loop=LoopConfig(steps=1), batch_size=2)
+    captions = np.array(["a red cube"] * 3)
+    with pytest.raises(ValueError, match=r"latents are 4x16x16 but the U-Net expects 4x8x8"):
+        LatentUNetStage(config, torch.zeros(3, 4, 16, 16), captions, text, tokenizer, 24)

@@ -12,10 +12,8 @@ import argparse
 import dataclasses
 import logging
 import os
-import re
 import shlex
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -39,10 +37,17 @@ from dreamfusion.config import (
 from dreamfusion.device import pick_device, use_cpu_threads
 from dreamfusion.errors import UserError
 from dreamfusion.export.command import add_export_command
-from dreamfusion.files import write_text_atomic
 from dreamfusion.guidance import DEFAULT_MODELS, KINDS, TARGET_PROMPT, build_guidance
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.prompts import default_cache_dir, dreamfusion_cache, validate_prompt
+from dreamfusion.run import (
+    RunLock,
+    check_can_create,
+    claim_run_dir,
+    free_run_dir,
+    slug,
+    write_run_config,
+)
 from dreamfusion.trainer import Config, Trainer, load_latest, read_run_config
 
 log = logging.getLogger("dreamfusion")
@@ -156,42 +161,7 @@ def absolute_if_local(model: str | None) -> str | None:
 # The run folder
 
 
-def slug(prompt: str, max_len: int = 40) -> str:
-    s = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
-    return s[:max_len].rstrip("-") or "run"
-
-
-def free_run_dir(base: Path) -> Path:
-    """`base` if it does not exist (or is an empty folder), else the first free `base-2`, `base-3`, ...
-    An existing run is never written into; `dreamfusion resume` continues it instead."""
-    candidate, n = base, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
-def check_can_create(folder: Path) -> None:
-    """Fail now, not after the prior has loaded, if `folder` cannot be created. Permission bits do not stop
-    root, so the test is to create (and remove) a temporary folder in the nearest existing parent."""
-    parent = folder.absolute()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"cannot create the run folder {folder}: {parent} is not a folder")
-    try:
-        probe = tempfile.mkdtemp(prefix=".dreamfusion-write-test-", dir=parent)
-        os.rmdir(probe)
-    except OSError as exc:
-        raise UserError(f"cannot create the run folder {folder}: {exc.strerror or exc}") from exc
-
-
-def create_run_dir(run_dir: Path, config: Config) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", dump_yaml(config))
-    except OSError as exc:
-        raise UserError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from exc
+# Names, creation and locking live in dreamfusion.run.
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -277,13 +247,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     use_cpu_threads(args.threads)
     requested = args.out or Path("runs") / f"{slug(config.prompt.text)}-seed{config.train.seed}"
-    run_dir = free_run_dir(requested)
-    check_can_create(run_dir)
+    check_can_create(free_run_dir(requested))
     # Everything that can fail (loading the prior, encoding the prompt) happens before the run folder is
     # created, so a mistake leaves nothing behind, and its error is the only line on stderr.
     guidance = load_guidance(config, device)
-    trainer = Trainer(config, run_dir, guidance, device, default_cache_dir())
-    create_run_dir(run_dir, trainer.config)  # with what the prior decided, e.g. the render resolution
+    run_dir = claim_run_dir(requested)  # atomic: a second generate with the same --out gets another folder
+    with RunLock(run_dir) as lock:
+        try:
+            trainer = Trainer(config, run_dir, guidance, device, default_cache_dir())
+        except BaseException:
+            lock.abandon()  # nothing was written: leave nothing behind
+            raise
+        write_run_config(run_dir, dump_yaml(trainer.config))  # with what the prior decided, e.g. the size
+        return start_training(config, trainer, run_dir, requested, args)
+
+
+def start_training(
+    config: Config, trainer: Trainer, run_dir: Path, requested: Path, args: argparse.Namespace
+) -> int:
     if run_dir != requested:
         log.warning("%s already exists and is not empty; writing to %s", requested, run_dir)
     if config.guidance.kind == "builtin":
@@ -318,7 +299,13 @@ def warn_unknown_words(prompt: str) -> None:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
-    config = read_run_config(run_dir)
+    read_run_config(run_dir)  # a missing or foreign folder is reported before anything is locked
+    with RunLock(run_dir):
+        return resume_locked(run_dir, args)
+
+
+def resume_locked(run_dir: Path, args: argparse.Namespace) -> int:
+    config = read_run_config(run_dir)  # again, under the lock: the one that counts
     # The checkpoint is read before the prior loads: a damaged one should not cost a model load first.
     checkpoint = load_latest(run_dir)
     if checkpoint.step >= config.train.steps:

@@ -15,6 +15,33 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
+def free_dir(base: Path) -> Path:
+    """`base` if it does not exist (or is an empty folder), else the first free `base-2`, `base-3`, ...
+    Only a guess: another process may take it before the caller does. `claim_dir` takes one for certain."""
+    candidate, n = base, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def claim_dir(base: Path, marker: str) -> Path:
+    """Create and take the first of `base`, `base-2`, `base-3`, ... that is absent or an empty folder, with
+    `marker` (a file name) made inside it. Two processes asking for the same base at once get two folders:
+    whoever creates the marker first (O_EXCL, atomic) owns the folder, and the other moves on."""
+    candidate, n = base, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            if not any(entry.name != marker for entry in candidate.iterdir()):
+                os.close(os.open(candidate / marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return candidate
+        except (FileExistsError, NotADirectoryError):
+            pass  # a file of that name, or a folder someone else has just claimed
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+
+
 def build_folder_once(folder: Path, build: Callable[[Path], None], done_marker: str) -> Path:
     """`folder`, built by `build(staging)` into a staging folder and renamed into place, unless it already
     holds `done_marker` (a relative path). Two processes may build at once; the first rename wins."""

@@ -37,6 +37,7 @@ from dreamfusion.export.mesh import (
 from dreamfusion.export.texture import TextureConfig, TexturedMesh, bake, unwrap
 from dreamfusion.export.video import TurntableConfig, write_turntable
 from dreamfusion.field import Field
+from dreamfusion.files import free_dir
 from dreamfusion.trainer import load_field, read_run_config
 
 AXES = "+Y up, front faces +Z (glTF); (x, y, z)_file = (y, z, x)_world, world = +Z up, front +X"
@@ -84,15 +85,6 @@ class _Stages:
         yield
         self.seconds[name] = time.perf_counter() - start
         self.bar.update(1)
-
-
-def free_export_dir(run_dir: Path, name: str = "export") -> Path:
-    """`run_dir/export` if absent or empty, else the first free `export-2`, `export-3`, ..."""
-    candidate, n = run_dir / name, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
-        n += 1
-        candidate = run_dir / f"{name}-{n}"
-    return candidate
 
 
 def _mesh_and_texture(
@@ -237,4 +229,4 @@ def export_run(
     run_dir = Path(run_dir)
     field, path, step = load_run_checkpoint(run_dir, checkpoint)
     source: dict[str, str | int] = {"run_dir": str(run_dir), "checkpoint": str(path), "step": step}
-    return export_field(field, free_export_dir(run_dir), config, progress, source)
+    return export_field(field, free_dir(run_dir / "export"), config, progress, source)

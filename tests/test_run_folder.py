@@ -1,0 +1,104 @@
+"""The run folder (issue #16): two `generate` commands with the same --out get two runs, and a run that
+a process is training is locked against a second `resume`; a lock left by a killed process is taken over."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dreamfusion.cli import EXIT_USER_ERROR, main
+from dreamfusion.config import from_dict, load_yaml_overrides
+from dreamfusion.files import claim_dir
+from dreamfusion.run import LOCK_NAME
+from dreamfusion.trainer import Config
+
+STEPS = 4
+TINY = [
+    "--preset", "target",
+    "--set", "train.resolution=16",
+    "--set", "sampling.samples_per_ray=16",
+    "--set", "sampling.occupancy_resolution=16",
+    "--set", f"train.checkpoint_every={STEPS}",
+    "--set", f"train.validation_every={STEPS}",
+    "--set", "train.validation_views=1",
+]  # fmt: skip
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def generate_process(prompt: str, out: Path) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "dreamfusion.cli", "generate", prompt, "--out", str(out), *TINY]
+    argv += ["--steps", str(STEPS)]
+    return subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_generates_started_together_with_one_out_get_two_complete_runs(tmp_path: Path):
+    out = tmp_path / "runs" / "same"
+    processes = [generate_process("a ball", out), generate_process("a cube", out)]
+    results = [p.communicate(timeout=300) for p in processes]
+    for p, (_, stderr) in zip(processes, results, strict=True):
+        assert p.returncode == 0, stderr
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert [f.name for f in folders] == ["same", "same-2"]
+    prompts = set()
+    for folder in folders:
+        config = from_dict(Config, load_yaml_overrides(folder / "config.yaml"))
+        prompts.add(config.prompt.text)
+        steps = [line for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+        assert len(steps) == STEPS  # one run's log, not two interleaved
+        assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == [f"step_{STEPS:07d}.safetensors"]
+        assert (folder / "export" / "model.glb").is_file()
+    assert prompts == {"a ball", "a cube"}
+
+
+def _claim(base: str) -> str:
+    return str(claim_dir(Path(base), LOCK_NAME))
+
+
+def test_claims_racing_for_one_name_all_get_their_own_folder(tmp_path: Path):
+    base = tmp_path / "run"
+    (tmp_path / "run-3").write_text("a file of that name is skipped")
+    with ProcessPoolExecutor(4) as pool:
+        claimed = list(pool.map(_claim, [str(base)] * 8))
+    assert len(set(claimed)) == 8
+    assert str(tmp_path / "run-3") not in claimed
+    assert all((Path(c) / LOCK_NAME).is_file() for c in claimed)
+
+
+def test_an_empty_folder_is_claimed_and_a_used_one_is_not(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    assert claim_dir(tmp_path / "empty", LOCK_NAME) == tmp_path / "empty"
+    assert claim_dir(tmp_path / "empty", LOCK_NAME) == tmp_path / "empty-2"  # its claim is the marker
+
+
+def test_resume_is_refused_while_another_process_trains_the_run_and_a_dead_ones_lock_is_taken_over(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+):
+    run_dir = tmp_path / "ball"
+    assert main(["generate", "a ball", "--out", str(run_dir), *TINY, "--steps", "8"]) == 0
+    # Cut it short as a killed run leaves it: the last checkpoint is at step 4.
+    (run_dir / "checkpoints" / "step_0000008.safetensors").unlink()
+    capsys.readouterr()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+         "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(120)",
+         str(run_dir / LOCK_NAME)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code = main(["resume", str(run_dir)])
+        err = capsys.readouterr().err
+        assert code == EXIT_USER_ERROR, err
+        assert len(err.strip().splitlines()) == 1 and "is in use" in err and "Traceback" not in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run_dir / LOCK_NAME).is_file()  # the dead holder's lock file is still there ...
+    code = main(["resume", str(run_dir)])  # ... and is taken over
+    out = capsys.readouterr().out
+    assert code == 0 and "at step 4 of 8" in out

@@ -13,7 +13,7 @@ import pytest
 
 from dreamfusion.cli import EXIT_USER_ERROR, main
 from dreamfusion.config import from_dict, load_yaml_overrides
-from dreamfusion.files import claim_dir
+from dreamfusion.files import atomic_path, claim_dir, write_text_atomic
 from dreamfusion.run import LOCK_NAME
 from dreamfusion.trainer import Config
 
@@ -102,3 +102,17 @@ def test_resume_is_refused_while_another_process_trains_the_run_and_a_dead_ones_
     code = main(["resume", str(run_dir)])  # ... and is taken over
     out = capsys.readouterr().out
     assert code == 0 and "at step 4 of 8" in out
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path: Path):
+    path = tmp_path / "latents.npz"
+    write_text_atomic(path, "old")
+    with pytest.raises(RuntimeError), atomic_path(path) as temp:
+        assert temp.parent == tmp_path and temp.name.startswith(".") and temp.suffix == ".npz"
+        temp.write_text("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["latents.npz"]
+    with atomic_path(path) as temp:
+        temp.write_text("new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["latents.npz"]

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from dreamfusion.errors import UserError
+from dreamfusion.files import atomic_path
 
 FORMAT_MARKER = "dreamfusion-checkpoint"
 FORMAT_VERSION = 1
@@ -153,20 +153,14 @@ def _encode(value: Any, key: str, tensors: dict[str, Tensor]) -> Any:
 def _write_atomically(path: Path, payload: bytes) -> None:
     # A dot-prefixed temp name in the same folder: os.replace is atomic only within one filesystem, and
     # latest_checkpoint ignores names that do not match step_XXXXXXX.safetensors.
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "xb") as file:
+        with atomic_path(path) as temp, open(temp, "xb") as file:
             file.write(payload)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
-        raise
+    except OSError as exc:
+        raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
     _fsync_folder(path.parent)
 
 

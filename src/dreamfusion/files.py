@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to; when the block ends, it is renamed over `path` (atomic
+    within one filesystem), or removed if the block failed. The name starts with a dot and keeps the
+    suffix, so writers that add one (numpy) or read it (PIL) behave, and folder scans skip it."""
+    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        with suppress(FileNotFoundError):
+            temp.unlink()
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside `path`, then rename over it: the rename is atomic within one filesystem."""
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
 
 
 def free_dir(base: Path) -> Path:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from dreamfusion.cameras import Cameras
 from dreamfusion.errors import UserError
+from dreamfusion.files import atomic_path
 from dreamfusion.guidance.base import Guidance, TextEmbeddings
 
 log = logging.getLogger("dreamfusion")
@@ -111,9 +112,8 @@ def _read_cached(path: Path) -> tuple[Tensor, list[str]] | None:
 def _write_cached(path: Path, row: Tensor, warnings: list[str]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"embedding": row.contiguous()}, str(tmp), metadata={"warnings": json.dumps(warnings)})
-        os.replace(tmp, path)
+        with atomic_path(path) as temp:
+            save_file({"embedding": row.contiguous()}, str(temp), metadata={"warnings": json.dumps(warnings)})
     except OSError as exc:
         log.debug("text-embedding cache not written: %s", exc)
 

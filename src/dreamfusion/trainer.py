@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoin
 from dreamfusion.config import dump_yaml, from_dict, load_yaml_overrides
 from dreamfusion.errors import UserError
 from dreamfusion.field import Field, FieldConfig, build_field
+from dreamfusion.files import write_text_atomic
 from dreamfusion.guidance import GuidanceConfig
 from dreamfusion.guidance.base import Guidance, ViewBatch
 from dreamfusion.lights import LightConfig, sample_point_lights
@@ -342,9 +342,7 @@ class Trainer:
         if not path.exists():
             return
         lines = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= step]
-        tmp = path.with_name(f".metrics.jsonl.tmp{os.getpid()}")
-        tmp.write_text("".join(ln + "\n" for ln in lines))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(ln + "\n" for ln in lines))
 
 
 def _logged_step(line: str) -> float:

@@ -5,7 +5,6 @@ Rows: shaded (lambertian, light at the camera), albedo, textureless, normals. Co
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch import Tensor
 from dreamfusion.background import Background
 from dreamfusion.cameras import Cameras
 from dreamfusion.field import Field
+from dreamfusion.files import atomic_path
 from dreamfusion.lights import LightConfig, headlights
 from dreamfusion.renderer import render
 from dreamfusion.sampling import OccupancyGrid, SamplingConfig
@@ -100,6 +100,5 @@ def grid_image(renders: ViewRenders, upscale: int = 2) -> Image.Image:
 
 
 def save_png_atomic(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        image.save(temp, format="PNG")

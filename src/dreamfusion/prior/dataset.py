@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from dreamfusion.errors import UserError
-from dreamfusion.files import write_text_atomic
+from dreamfusion.files import atomic_path, write_text_atomic
 from dreamfusion.world import sample_training_batch
 
 DATASET_CONFIG = "dataset.json"
@@ -79,9 +78,8 @@ def _write_shard(args: tuple[DatasetConfig, Path, int]) -> int:
     torch.set_num_threads(1)
     arrays = render_shard(config, k)
     final = shard_path(folder, k)
-    temp = final.with_name(f".{final.stem}.tmp{os.getpid()}.npz")
-    np.savez(temp, **arrays)
-    os.replace(temp, final)
+    with atomic_path(final) as temp:
+        np.savez(temp, **arrays)
     return int(arrays["images"].shape[0])
 
 

@@ -27,7 +27,7 @@ import torch
 
 from dreamfusion.config import apply_overrides, dump_yaml, from_dict, load_yaml_overrides
 from dreamfusion.errors import UserError
-from dreamfusion.files import write_text_atomic
+from dreamfusion.files import atomic_path, write_text_atomic
 from dreamfusion.prior.autoencoder import AutoencoderStage, AutoencoderTrainConfig, encode_means
 from dreamfusion.prior.dataset import load_dataset
 from dreamfusion.prior.latent_unet import LatentUNetStage, LatentUNetTrainConfig
@@ -121,9 +121,8 @@ def encode_latents(run: LatentRun) -> Path:
     data = load_dataset(run.dataset)
     means = encode_means(vae, data, np.arange(len(data)))
     latents = (means * vae.config.scaling_factor).half().numpy()
-    temp = run.latents.with_name(f".{run.latents.stem}.tmp{os.getpid()}.npz")
-    np.savez(temp, latents=latents, captions=data.captions)
-    os.replace(temp, run.latents)
+    with atomic_path(run.latents) as temp:
+        np.savez(temp, latents=latents, captions=data.captions)
     return run.latents
 
 

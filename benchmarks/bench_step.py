@@ -54,9 +54,9 @@ from dreamfusion.config import apply_overrides, from_dict, merge_dicts, to_dict
 from dreamfusion.device import machine_facts
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.base import ViewBatch
+from dreamfusion.guidance.embeddings import default_cache_dir
 from dreamfusion.lights import sample_point_lights
 from dreamfusion.losses import opacity_loss, orientation_loss
-from dreamfusion.prompts import default_cache_dir
 from dreamfusion.renderer import render
 from dreamfusion.shading import ShadingMode, choose_shading
 from dreamfusion.testing.tiny_models import (

@@ -28,11 +28,11 @@ from diffusers import DDPMScheduler
 from torch import Tensor
 
 from dreamfusion.device import machine_facts
+from dreamfusion.files import dreamfusion_cache
 from dreamfusion.guidance.components import epsilon_from_output
 from dreamfusion.prior.builtin import builtin_prior_folder
 from dreamfusion.prior.export import LoadedPrior, load_prior
 from dreamfusion.prior.train import prior_world
-from dreamfusion.prompts import dreamfusion_cache
 from dreamfusion.world import sample_training_batch
 
 DEFAULT_TIMESTEPS = (300, 500, 700, 800, 900)

@@ -5,7 +5,8 @@ import torch
 
 from dreamfusion.cameras import orbit_cameras
 from dreamfusion.errors import UserError
-from dreamfusion.prompts import PromptConfig, PromptEmbeddings, cached_text_embeddings, view_word
+from dreamfusion.guidance.embeddings import PromptEmbeddings, cached_text_embeddings
+from dreamfusion.prompts import PromptConfig, view_word
 
 
 @pytest.mark.parametrize(

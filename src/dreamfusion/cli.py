@@ -37,9 +37,11 @@ from dreamfusion.config import (
 from dreamfusion.device import pick_device, use_cpu_threads
 from dreamfusion.errors import UserError
 from dreamfusion.export.command import add_export_command
+from dreamfusion.files import dreamfusion_cache
 from dreamfusion.guidance import DEFAULT_MODELS, KINDS, TARGET_PROMPT, build_guidance
 from dreamfusion.guidance.base import Guidance
-from dreamfusion.prompts import default_cache_dir, dreamfusion_cache, validate_prompt
+from dreamfusion.guidance.embeddings import default_cache_dir
+from dreamfusion.prompts import validate_prompt
 from dreamfusion.run import (
     RunLock,
     check_can_create,

@@ -70,3 +70,11 @@ def build_folder_once(folder: Path, build: Callable[[Path], None], done_marker: 
     else:
         staging.rename(folder)
     return folder
+
+
+def dreamfusion_cache() -> Path:
+    """$DREAMFUSION_CACHE, default ~/.cache/dreamfusion (under $XDG_CACHE_HOME when set)."""
+    root = os.environ.get("DREAMFUSION_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dreamfusion"
+    )
+    return Path(root)

@@ -1,32 +1,15 @@
-"""View-dependent prompts (paper sec. 3.2) and a disk cache of text embeddings.
+"""View-dependent prompts (paper sec. 3.2): the words, not their embeddings (guidance/embeddings.py).
 
 Each camera gets a view word from its nominal angles: "overhead" above 60 deg elevation, otherwise
 "front", "side" or "back" by azimuth (azimuth 0 sees the object's front; see cameras.py). The word is
-appended to the prompt: "a red mug, front view". Optionally the embeddings of neighbouring views are
-interpolated by azimuth instead of switching at the boundaries.
+appended to the prompt: "a red mug, front view".
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import Tensor
-
-from dreamfusion.cameras import Cameras
 from dreamfusion.errors import UserError
-from dreamfusion.files import atomic_path
-from dreamfusion.guidance.base import Guidance, TextEmbeddings
-
-log = logging.getLogger("dreamfusion")
 
 VIEWS = ("front", "side", "back", "overhead")
 
@@ -64,120 +47,3 @@ def validate_prompt(prompt: str) -> str:
     if not cleaned:
         raise UserError('the prompt is empty: describe the object, e.g. dreamfusion generate "a red mug"')
     return cleaned
-
-
-def dreamfusion_cache() -> Path:
-    """$DREAMFUSION_CACHE, default ~/.cache/dreamfusion (under $XDG_CACHE_HOME when set)."""
-    root = os.environ.get("DREAMFUSION_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "dreamfusion"
-    )
-    return Path(root)
-
-
-def default_cache_dir() -> Path:
-    """Where text embeddings are cached."""
-    return dreamfusion_cache() / "text_embeddings"
-
-
-class _WarningCapture(logging.Handler):
-    """Collects the warnings a prior logs while encoding one text (e.g. "truncated to 77 tokens")."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def _encode_one(guidance: Guidance, text: str) -> tuple[Tensor, list[str]]:
-    capture = _WarningCapture()
-    log.addHandler(capture)
-    try:
-        row = guidance.encode_text([text])[0].detach().to("cpu")
-    finally:
-        log.removeHandler(capture)
-    return row, capture.messages
-
-
-def _read_cached(path: Path) -> tuple[Tensor, list[str]] | None:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            warnings = json.loads((f.metadata() or {}).get("warnings", "[]"))
-            return f.get_tensor("embedding"), [str(w) for w in warnings]
-    except Exception:  # absent, corrupt or unreadable: recompute
-        return None
-
-
-def _write_cached(path: Path, row: Tensor, warnings: list[str]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as temp:
-            save_file({"embedding": row.contiguous()}, str(temp), metadata={"warnings": json.dumps(warnings)})
-    except OSError as exc:
-        log.debug("text-embedding cache not written: %s", exc)
-
-
-def cached_text_embeddings(guidance: Guidance, texts: Sequence[str], cache_dir: Path | None) -> Tensor:
-    """(N, L, D) embeddings, computed once per (model, text) and kept on disk as safetensors.
-
-    The warnings a text caused when it was encoded (a prompt truncated to the tokenizer's length) are kept
-    with it and repeated on every cache hit, so the user hears about them on every run. A cache that cannot
-    be written (read-only home, say) only costs recomputation: it is never an error.
-    """
-    if cache_dir is None:
-        return guidance.encode_text(list(texts))
-    key_prefix = guidance.cache_key()
-    rows = []
-    for text in texts:
-        path = cache_dir / (hashlib.sha256(f"{key_prefix}\0{text}".encode()).hexdigest() + ".safetensors")
-        cached = _read_cached(path)
-        if cached is None:
-            row, warnings = _encode_one(guidance, text)
-            _write_cached(path, row, warnings)
-        else:
-            row, warnings = cached
-            for message in warnings:
-                log.warning(message)
-        rows.append(row)
-    return torch.stack(rows)
-
-
-class PromptEmbeddings:
-    """Embeddings of the prompt with each view word, and of the negative prompt, computed once."""
-
-    def __init__(self, config: PromptConfig, guidance: Guidance, cache_dir: Path | None):
-        self.prompt = validate_prompt(config.text)
-        self.config = config
-        texts = [with_view(self.prompt, v) for v in VIEWS] if config.view_dependent else [self.prompt]
-        embeddings = cached_text_embeddings(guidance, texts + [config.negative], cache_dir)
-        self.views = embeddings[:-1]  # (4 or 1, L, D)
-        self.negative = embeddings[-1]  # (L, D)
-
-    def for_cameras(self, cameras: Cameras, device: torch.device, dtype: torch.dtype) -> TextEmbeddings:
-        rows = [
-            self._embedding(float(e), float(a))
-            for e, a in zip(cameras.elevation_deg, cameras.azimuth_deg, strict=True)
-        ]
-        cond = torch.stack(rows).to(device=device, dtype=dtype)
-        uncond = self.negative.expand_as(cond).to(device=device, dtype=dtype)
-        return TextEmbeddings(cond=cond, uncond=uncond)
-
-    def words(self, cameras: Cameras) -> list[str]:
-        return [
-            view_word(float(e), float(a), self.config)
-            for e, a in zip(cameras.elevation_deg, cameras.azimuth_deg, strict=True)
-        ]
-
-    def _embedding(self, elevation_deg: float, azimuth_deg: float) -> Tensor:
-        if not self.config.view_dependent:
-            return self.views[0]
-        word = view_word(elevation_deg, azimuth_deg, self.config)
-        if word == "overhead" or not self.config.interpolate:
-            return self.views[VIEWS.index(word)]
-        # Blend by azimuth: front at 0 deg, side at 90 deg, back at 180 deg (both sides share "side").
-        from_front = min(azimuth_deg % 360.0, 360.0 - azimuth_deg % 360.0)
-        front, side, back = self.views[0], self.views[1], self.views[2]
-        if from_front <= 90.0:
-            return torch.lerp(front, side, from_front / 90.0)
-        return torch.lerp(side, back, (from_front - 90.0) / 90.0)

@@ -27,9 +27,10 @@ from dreamfusion.field import Field, FieldConfig, build_field
 from dreamfusion.files import write_text_atomic
 from dreamfusion.guidance import GuidanceConfig
 from dreamfusion.guidance.base import Guidance, ViewBatch
+from dreamfusion.guidance.embeddings import PromptEmbeddings
 from dreamfusion.lights import LightConfig, sample_point_lights
 from dreamfusion.losses import LossConfig, opacity_loss, orientation_loss
-from dreamfusion.prompts import PromptConfig, PromptEmbeddings
+from dreamfusion.prompts import PromptConfig
 from dreamfusion.renderer import render
 from dreamfusion.sampling import OccupancyGrid, SamplingConfig
 from dreamfusion.schedules import LinearRamp, WarmupCosine

@@ -61,11 +61,10 @@ from dreamfusion.evaluation.classifier import (
     warmup_cosine,
 )
 from dreamfusion.evaluation.suite import ground_truth_rprecision, shape_caption
-from dreamfusion.files import build_folder_once
+from dreamfusion.files import build_folder_once, dreamfusion_cache
 from dreamfusion.prior.model import load_tokenizer, small_clip_text_config
 from dreamfusion.prior.tokenizer import build_clip_tokenizer, wheel_folder
 from dreamfusion.prior.train import PRIOR_BACKGROUND_COLOURFULNESS
-from dreamfusion.prompts import dreamfusion_cache
 from dreamfusion.shading import ShadingMode
 from dreamfusion.world import (
     COLOUR_NAMES,

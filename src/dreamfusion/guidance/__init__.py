@@ -77,10 +77,10 @@ def build_guidance(
     dtype = prior_dtype(device, config.precision)
     match config.kind:
         case "builtin":
+            from dreamfusion.files import dreamfusion_cache
             from dreamfusion.guidance.pixel_diffusion import PixelDiffusionGuidance
             from dreamfusion.guidance.stable_diffusion import StableDiffusionGuidance
             from dreamfusion.prior.builtin import builtin_prior_folder, is_latent
-            from dreamfusion.prompts import dreamfusion_cache
 
             folder = builtin_prior_folder(cache or dreamfusion_cache())
             # The folder's layout names its backend: Stable Diffusion's for a latent prior, IF's for pixels.

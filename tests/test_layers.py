@@ -1,0 +1,19 @@
+"""The package's layers (issue #16): imports flow one way, from the world and fields up to the commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_the_world_imports_nothing_from_guidance():
+    """world/ sits below guidance/: the procedural scenes must load without any diffusion backend code."""
+    code = (
+        "import sys, dreamfusion.world; "
+        "print(sorted(m for m in sys.modules if m.startswith('dreamfusion.guidance')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -4,6 +4,7 @@ into argparse's one-line usage error."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def integer(text: str, low: int | None = None, high: int | None = None) -> int:
@@ -34,3 +35,10 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """A progress bar unless --no-progress, and only on a terminal: tqdm redraws one line with carriage
+    returns, which in a log file or a pipe is noise (as tqdm's own disable=None). metrics.jsonl has every
+    step anyway."""
+    return not args.no_progress and sys.stderr.isatty()

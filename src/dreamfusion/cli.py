@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from dreamfusion import __version__
-from dreamfusion.arguments import integer, positive_float, positive_int
+from dreamfusion.arguments import integer, positive_float, positive_int, show_progress
 from dreamfusion.checkpoint import latest_checkpoint
 from dreamfusion.config import (
     apply_overrides,
@@ -236,12 +236,6 @@ def export_finished_run(run_dir: Path, progress: bool) -> None:
         log.warning("nothing exported: %s", exc)
         return
     print(f"exported: {result.folder}")
-
-
-def show_progress(args: argparse.Namespace) -> bool:
-    # tqdm redraws one line with carriage returns; in a log file or a pipe that is noise, as in tqdm's own
-    # disable=None. metrics.jsonl has every step anyway.
-    return not args.no_progress and sys.stderr.isatty()
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

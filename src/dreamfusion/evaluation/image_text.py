@@ -25,10 +25,9 @@ from dreamfusion.errors import UserError
 from dreamfusion.guidance.components import freeze
 from dreamfusion.guidance.hub import hub_offline
 
-# OpenAI's CLIPs on the Hugging Face hub, the three columns of the paper's Table 1 (all at 224 px).
+# OpenAI's CLIP B/32 on the Hugging Face hub, the first of the paper's Table 1 columns (all at 224 px); the
+# others are openai/clip-vit-base-patch16 and openai/clip-vit-large-patch14, passed by id.
 CLIP_B32 = "openai/clip-vit-base-patch32"
-CLIP_B16 = "openai/clip-vit-base-patch16"
-CLIP_L14 = "openai/clip-vit-large-patch14"
 
 # PIL's resampling filter codes, as stored in preprocessor_config.json, and torch's nearest equivalents.
 _RESAMPLE_MODES = {0: "nearest", 2: "bilinear", 3: "bicubic"}

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dreamfusion.arguments import integer, positive_float
+from dreamfusion.arguments import integer, positive_float, show_progress
 from dreamfusion.errors import UserError
 
 if TYPE_CHECKING:
@@ -168,7 +167,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     config = export_config(args)
     use_cpu_threads(args.threads)
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = show_progress(args)
     result = export_run(args.run_dir, config, progress, args.checkpoint)
     how = "chosen from the field" if result.auto_threshold else "given"
     print(

@@ -147,7 +147,3 @@ def build_prior(config: PriorConfig, seed: int, tokenizer_folder: Path) -> Prior
         text_encoder = build_text_encoder(config, tokenizer)
         unet = build_unet(config)
     return PriorModules(text_encoder, unet, build_scheduler(config), tokenizer)
-
-
-def parameter_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

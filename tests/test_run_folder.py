@@ -3,6 +3,7 @@ a process is training is locked against a second `resume`; a lock left by a kill
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from dreamfusion.cli import EXIT_USER_ERROR, main
 from dreamfusion.config import from_dict, load_yaml_overrides
 from dreamfusion.files import atomic_path, claim_dir, write_text_atomic
 from dreamfusion.run import LOCK_NAME
+from dreamfusion.run.log import append_record, truncate_records
 from dreamfusion.trainer import Config
 
 STEPS = 4
@@ -116,3 +118,15 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
     with atomic_path(path) as temp:
         temp.write_text("new")
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["latents.npz"]
+
+
+def test_a_resumed_log_keeps_each_step_once_and_drops_a_torn_last_line(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    for step in range(1, 6):
+        append_record(path, {"step": step, "loss": 1.0 / step})
+    with path.open("a") as file:
+        file.write('{"step": 6, "lo')  # the writer was killed here
+    truncate_records(path, 4)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
+    truncate_records(tmp_path / "absent.jsonl", 4)  # nothing to do, no error
+    assert not (tmp_path / "absent.jsonl").exists()

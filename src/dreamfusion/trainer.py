@@ -9,7 +9,6 @@ than the preconditioner. The learning rate follows the paper's shape: linear war
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import time
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoin
 from dreamfusion.config import dump_yaml, from_dict, load_yaml_overrides
 from dreamfusion.errors import UserError
 from dreamfusion.field import Field, FieldConfig, build_field
-from dreamfusion.files import write_text_atomic
 from dreamfusion.guidance import GuidanceConfig
 from dreamfusion.guidance.base import Guidance, ViewBatch
 from dreamfusion.guidance.embeddings import PromptEmbeddings
@@ -32,6 +30,7 @@ from dreamfusion.lights import LightConfig, sample_point_lights
 from dreamfusion.losses import LossConfig, opacity_loss, orientation_loss
 from dreamfusion.prompts import PromptConfig
 from dreamfusion.renderer import render
+from dreamfusion.run.log import append_record, prune_checkpoints, truncate_records
 from dreamfusion.sampling import OccupancyGrid, SamplingConfig
 from dreamfusion.schedules import LinearRamp, WarmupCosine
 from dreamfusion.shading import ShadingConfig, ShadingMode, choose_shading
@@ -284,8 +283,7 @@ class Trainer:
         self._stop_requested = True
 
     def _log(self, metrics: StepMetrics) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics.__dict__) + "\n")
+        append_record(self.run_dir / "metrics.jsonl", metrics.__dict__)
 
     def validate(self) -> Path:
         cfg = self.config
@@ -312,14 +310,8 @@ class Trainer:
         )
         path = folder / CHECKPOINT_FORMAT.format(self.step)
         save_checkpoint(path, ckpt)
-        self._prune_checkpoints(folder)
+        prune_checkpoints(folder, self.config.train.keep_checkpoints)
         return path
-
-    def _prune_checkpoints(self, folder: Path) -> None:
-        keep = self.config.train.keep_checkpoints
-        periodic = sorted(folder.glob("step_*.safetensors"))
-        for old in periodic[:-keep]:
-            old.unlink(missing_ok=True)
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint of a run with this config. A mismatch is a user error, not a crash."""
@@ -335,24 +327,7 @@ class Trainer:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"checkpoint does not match this run's configuration: {first_line}") from exc
         self.step = ckpt.step
-        self._truncate_metrics(ckpt.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines written after the checkpoint, so a resumed run's log has each step once."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        lines = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= step]
-        write_text_atomic(path, "".join(ln + "\n" for ln in lines))
-
-
-def _logged_step(line: str) -> float:
-    """The step a metrics line records; a torn last line (the process was killed mid-write) counts as after
-    every checkpoint, so it is dropped."""
-    try:
-        return float(json.loads(line)["step"])
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return float("inf")
+        truncate_records(self.run_dir / "metrics.jsonl", ckpt.step)
 
 
 def read_run_config(run_dir: Path) -> Config:

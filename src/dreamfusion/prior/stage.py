@@ -10,7 +10,6 @@ over several sittings ends with the same weights as one that ran in one go.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from dreamfusion.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from dreamfusion.files import write_text_atomic
+from dreamfusion.run.log import append_record, prune_checkpoints, truncate_records
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -56,7 +55,7 @@ def resume_stage(stage: Stage, run_dir: Path) -> Stage:
     latest = latest_checkpoint(run_dir / CHECKPOINTS)
     if latest is not None:
         stage.restore(load_checkpoint(latest))
-    truncate_metrics(run_dir / METRICS, stage.step)
+    truncate_records(run_dir / METRICS, stage.step)
     return stage
 
 
@@ -93,8 +92,7 @@ def run_stage(
                     "images_per_s": round(rate, 1),
                     "elapsed_s": round(stage.elapsed_s, 1),
                 }
-                with (run_dir / METRICS).open("a", encoding="utf-8") as file:
-                    file.write(json.dumps(record) + "\n")
+                append_record(run_dir / METRICS, record)
             over_time = max_minutes is not None and time.monotonic() - start >= 60.0 * max_minutes
             if stage.step % loop.checkpoint_every == 0 or stage.step == loop.steps or over_time:
                 save_start = time.monotonic()
@@ -113,21 +111,5 @@ def save_stage_checkpoint(stage: Stage, run_dir: Path, keep: int) -> Path:
     path = checkpoint_path(folder, stage.step)
     if not path.exists():
         save_checkpoint(path, stage.checkpoint())
-    for stale in sorted(folder.glob("step_*.safetensors"))[:-keep]:
-        stale.unlink()
+    prune_checkpoints(folder, keep)
     return path
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep the records up to `step`; a half-written last line (a killed writer) is dropped too."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    write_text_atomic(path, "".join(line + "\n" for line in kept))

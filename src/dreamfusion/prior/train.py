@@ -14,7 +14,6 @@ checkpointed, so a run resumed from a checkpoint ends with the same weights as a
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import multiprocessing.queues
@@ -43,6 +42,7 @@ from dreamfusion.files import write_text_atomic
 from dreamfusion.prior.ema import EMA
 from dreamfusion.prior.export import export_prior
 from dreamfusion.prior.model import PriorConfig, build_prior
+from dreamfusion.run.log import append_record, prune_checkpoints, truncate_records
 from dreamfusion.world import WorldBatchConfig, sample_training_batch
 
 CHECKPOINTS = "checkpoints"
@@ -319,7 +319,7 @@ def resume_run(run_dir: Path) -> PriorTrainer:
     latest = latest_checkpoint(run_dir / CHECKPOINTS)
     if latest is not None:
         trainer.restore(load_checkpoint(latest))
-    _truncate_metrics(run_dir / METRICS, trainer.step)
+    truncate_records(run_dir / METRICS, trainer.step)
     return trainer
 
 
@@ -458,9 +458,7 @@ def save_run_checkpoint(trainer: PriorTrainer, run_dir: Path) -> Path:
     path = checkpoint_path(folder, trainer.step)
     if not path.exists():
         save_checkpoint(path, trainer.checkpoint())
-    old = sorted(folder.glob("step_*.safetensors"))[: -trainer.config.keep_checkpoints]
-    for stale in old:
-        stale.unlink()
+    prune_checkpoints(folder, trainer.config.keep_checkpoints)
     return path
 
 
@@ -472,14 +470,4 @@ def _append_metrics(path: Path, trainer: PriorTrainer, result: StepResult, image
         "images_per_s": round(images_per_s, 2),
         "elapsed_s": round(trainer.elapsed_s, 1),
     }
-    with path.open("a", encoding="utf-8") as file:
-        file.write(json.dumps(record) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after the checkpoint being resumed from: those steps will be trained again."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
+    append_record(path, record)

@@ -58,13 +58,14 @@ from dreamfusion.guidance.embeddings import default_cache_dir
 from dreamfusion.lights import sample_point_lights
 from dreamfusion.losses import opacity_loss, orientation_loss
 from dreamfusion.renderer import render
+from dreamfusion.run.config import Config
 from dreamfusion.shading import ShadingMode, choose_shading
 from dreamfusion.testing.tiny_models import (
     save_tiny_pixel_diffusion,
     save_tiny_stable_diffusion,
     stable_diffusion_15_unet_config,
 )
-from dreamfusion.trainer import Config, Trainer
+from dreamfusion.trainer import Trainer
 
 CPU = torch.device("cpu")
 PROMPT = "a photo of a cute dog"

@@ -11,9 +11,10 @@ from dreamfusion.config import apply_overrides
 from dreamfusion.guidance import build_guidance
 from dreamfusion.lights import LightConfig
 from dreamfusion.renderer import render
+from dreamfusion.run.config import Config
 from dreamfusion.sampling import SamplingConfig
 from dreamfusion.shading import ShadingMode
-from dreamfusion.trainer import Config, Trainer
+from dreamfusion.trainer import Trainer
 
 CPU = torch.device("cpu")
 

@@ -23,8 +23,9 @@ from safetensors.torch import save_file
 
 from dreamfusion.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from dreamfusion.config import from_dict, load_yaml_overrides
+from dreamfusion.run.config import Config
 from dreamfusion.testing import save_tiny_pixel_diffusion, save_tiny_stable_diffusion
-from dreamfusion.trainer import Config, Trainer
+from dreamfusion.trainer import Trainer
 
 # Small enough for a 2-core CPU, still every stage of a real step: occupancy, normals, shading, validation.
 SMALL = [

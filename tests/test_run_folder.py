@@ -16,8 +16,8 @@ from dreamfusion.cli import EXIT_USER_ERROR, main
 from dreamfusion.config import from_dict, load_yaml_overrides
 from dreamfusion.files import atomic_path, claim_dir, write_text_atomic
 from dreamfusion.run import LOCK_NAME
+from dreamfusion.run.config import Config
 from dreamfusion.run.log import append_record, truncate_records
-from dreamfusion.trainer import Config
 
 STEPS = 4
 TINY = [

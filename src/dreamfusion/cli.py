@@ -50,7 +50,8 @@ from dreamfusion.run import (
     slug,
     write_run_config,
 )
-from dreamfusion.trainer import Config, Trainer, load_latest, read_run_config
+from dreamfusion.run.config import Config, load_latest, read_run_config
+from dreamfusion.trainer import Trainer
 
 log = logging.getLogger("dreamfusion")
 

@@ -1,7 +1,7 @@
 """Typed, frozen, nested dataclass configs: built from YAML, overridden with `key=value`, written back out.
 
 Each module owns a frozen dataclass for its own settings, beside the class it configures (`FieldConfig` in
-field.py, ...); the top-level `Config` at the bottom of this file only composes them. Above it is the generic
+field.py, ...); the top-level `Config` in run/config.py only composes them. This file is the generic
 machinery:
 
 - `from_dict` builds a config from plain data (parsed YAML) and checks every value against its annotation;
@@ -400,7 +400,3 @@ def dump_yaml(obj: Any, header: str | None = None) -> str:
         raise ValueError("dump_yaml header must be one line")
     body = yaml.dump(to_dict(obj), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1 << 30)
     return f"# {title}\n{body}"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The top-level `Config`, composing each module's config dataclass, follows.

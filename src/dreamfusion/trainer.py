@@ -17,90 +17,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dreamfusion.background import BackgroundConfig, build_background
-from dreamfusion.cameras import CameraConfig, orbit_cameras, sample_cameras
-from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from dreamfusion.config import dump_yaml, from_dict, load_yaml_overrides
+from dreamfusion.background import build_background
+from dreamfusion.cameras import orbit_cameras, sample_cameras
+from dreamfusion.checkpoint import Checkpoint, save_checkpoint
+from dreamfusion.config import dump_yaml
 from dreamfusion.errors import UserError
-from dreamfusion.field import Field, FieldConfig, build_field
-from dreamfusion.guidance import GuidanceConfig
+from dreamfusion.field import build_field
 from dreamfusion.guidance.base import Guidance, ViewBatch
 from dreamfusion.guidance.embeddings import PromptEmbeddings
-from dreamfusion.lights import LightConfig, sample_point_lights
-from dreamfusion.losses import LossConfig, opacity_loss, orientation_loss
-from dreamfusion.prompts import PromptConfig
+from dreamfusion.lights import sample_point_lights
+from dreamfusion.losses import opacity_loss, orientation_loss
 from dreamfusion.renderer import render
+from dreamfusion.run.config import CHECKPOINT_FORMAT, Config, render_resolution
 from dreamfusion.run.log import append_record, prune_checkpoints, truncate_records
-from dreamfusion.sampling import OccupancyGrid, SamplingConfig
+from dreamfusion.sampling import OccupancyGrid
 from dreamfusion.schedules import LinearRamp, WarmupCosine
-from dreamfusion.shading import ShadingConfig, ShadingMode, choose_shading
+from dreamfusion.shading import ShadingMode, choose_shading
 from dreamfusion.validation import grid_image, render_views, save_png_atomic
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 15000  # sec. 3.2
-    batch_size: int = 1  # views per step; the paper rendered 4 (one per TPU chip)
-    # Render width = height. None: a pixel prior's own resolution (64 for IF, like the paper's Imagen base
-    # model; 32 for the built-in prior), else 64 (a latent prior's VAE decodes from 64x64 latents).
-    resolution: int | None = None
-    seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3  # older periodic checkpoints are removed; the final one is always kept
-    validation_every: int = 500
-    validation_views: int = 4
-
-    def __post_init__(self) -> None:
-        if self.steps <= 0:
-            raise ValueError(f"steps must be > 0, got {self.steps}")
-        if not 0 <= self.seed < 2**32 - 2:  # seed, seed + 1 and seed + 2 seed three generators
-            raise ValueError(f"seed must be in [0, 2**32 - 2), got {self.seed}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
-        if self.resolution is not None and not (16 <= self.resolution <= 1024 and self.resolution % 8 == 0):
-            raise ValueError(f"resolution must be a multiple of 8 between 16 and 1024, got {self.resolution}")
-        if (
-            min(self.checkpoint_every, self.validation_every, self.validation_views, self.keep_checkpoints)
-            <= 0
-        ):
-            raise ValueError(
-                "checkpoint_every, validation_every, validation_views and keep_checkpoints must be > 0"
-            )
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr_grid: float = 1e-2  # feature planes / hash tables
-    lr_mlp: float = 1e-3  # the field's MLP
-    lr_background: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = 1e-15  # SDS gradients on grid cells are tiny; a large eps would mute them (as threestudio)
-    warmup_fraction: float = 3000 / 15000  # App. A.2: warm-up over 3,000 of 15,000 steps ...
-    lr_start_ratio: float = 1e-5  # ... from 1e-9 = 1e-5 x the peak 1e-4 ...
-    lr_end_ratio: float = 1e-2  # ... then cosine decay to 1e-6 = 1e-2 x the peak
-
-    def __post_init__(self) -> None:
-        if min(self.lr_grid, self.lr_mlp, self.lr_background) < 0:
-            raise ValueError("learning rates must be >= 0")
-        if not 0.0 <= self.warmup_fraction <= 1.0:
-            raise ValueError("warmup_fraction must be in [0, 1]")
-
-
-@dataclass(frozen=True)
-class Config:
-    """Everything a run needs; written to the run folder as config.yaml."""
-
-    prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
-    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
-    light: LightConfig = dataclasses.field(default_factory=LightConfig)
-    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
-    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
-    shading: ShadingConfig = dataclasses.field(default_factory=ShadingConfig)
-    background: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
-    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
 
 
 @dataclass(frozen=True)
@@ -114,21 +47,6 @@ class StepMetrics:
     lr_scale: float
     occupied: float  # fraction of occupancy cells evaluated
     seconds: float
-
-
-CHECKPOINT_FORMAT = "step_{:07d}.safetensors"
-
-
-DEFAULT_RESOLUTION = 64
-
-
-def render_resolution(config: Config, guidance: Guidance | None = None) -> int:
-    """train.resolution if set; else a pixel prior's own (renders are what it denoises); else 64."""
-    if config.train.resolution is not None:
-        return config.train.resolution
-    if guidance is not None and config.guidance.kind in ("builtin", "pixel"):
-        return guidance.image_size
-    return DEFAULT_RESOLUTION
 
 
 class Trainer:
@@ -328,33 +246,3 @@ class Trainer:
             raise UserError(f"checkpoint does not match this run's configuration: {first_line}") from exc
         self.step = ckpt.step
         truncate_records(self.run_dir / "metrics.jsonl", ckpt.step)
-
-
-def read_run_config(run_dir: Path) -> Config:
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        if not run_dir.is_dir():
-            raise UserError(f"run folder {run_dir} does not exist")
-        raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
-    # load_yaml_overrides reads YAML as dump_yaml writes it (1e-3 is a float) and reports errors in one line.
-    return from_dict(Config, load_yaml_overrides(config_path))
-
-
-def load_field(config: Config, checkpoint: Checkpoint, where: str) -> Field:
-    """The field saved in `checkpoint`, built from `config`, on the CPU in eval mode. A checkpoint that does
-    not fit the config is a UserError naming `where` (the run folder or checkpoint file)."""
-    # The initial weights are overwritten; a fixed generator keeps the global RNG untouched.
-    field = build_field(config.field, torch.Generator().manual_seed(0))
-    try:
-        field.load_state_dict(checkpoint.modules["field"])
-    except (KeyError, RuntimeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the checkpoint in {where} does not match its config.yaml: {first_line}") from exc
-    return field.eval()
-
-
-def load_latest(run_dir: Path) -> Checkpoint:
-    path = latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: nothing to resume")
-    return load_checkpoint(path)

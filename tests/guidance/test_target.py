@@ -8,9 +8,9 @@ from dreamfusion.config import apply_overrides
 from dreamfusion.evaluation.geometry import compare_occupancy
 from dreamfusion.guidance import GuidanceConfig, build_guidance
 from dreamfusion.lights import LightConfig
+from dreamfusion.run.config import Config
 from dreamfusion.sampling import SamplingConfig
 from dreamfusion.shapes import SceneField
-from dreamfusion.trainer import Config
 from dreamfusion.world import CaptionError, scene_from_caption
 
 CPU = torch.device("cpu")

@@ -25,9 +25,9 @@ from dreamfusion.background import SolidBackground
 from dreamfusion.cameras import orbit_cameras
 from dreamfusion.field import Field
 from dreamfusion.lights import LightConfig, headlights
+from dreamfusion.run.config import Config, load_field, load_latest, read_run_config
 from dreamfusion.sampling import SamplingConfig
 from dreamfusion.shading import ShadingMode
-from dreamfusion.trainer import Config, load_field, load_latest, read_run_config
 from dreamfusion.validation import render_views, to_uint8
 from dreamfusion.world import Scene, render_scene
 from dreamfusion.world.scenes import FIT_RADIUS

@@ -38,7 +38,7 @@ from dreamfusion.export.texture import TextureConfig, TexturedMesh, bake, unwrap
 from dreamfusion.export.video import TurntableConfig, write_turntable
 from dreamfusion.field import Field
 from dreamfusion.files import free_dir
-from dreamfusion.trainer import load_field, read_run_config
+from dreamfusion.run.config import load_field, read_run_config
 
 AXES = "+Y up, front faces +Z (glTF); (x, y, z)_file = (y, z, x)_world, world = +Z up, front +X"
 UNITS = "1 unit = 1 metre = 1 world unit of the scene (its bounding sphere has radius 1.4)"

@@ -1,0 +1,135 @@
+"""A `generate` run's settings (config.yaml) and what reads a run folder back: its config, its latest
+checkpoint and the field in it. Export and evaluation read runs through this module, not the trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dreamfusion.background import BackgroundConfig
+from dreamfusion.cameras import CameraConfig
+from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
+from dreamfusion.config import from_dict, load_yaml_overrides
+from dreamfusion.errors import UserError
+from dreamfusion.field import Field, FieldConfig, build_field
+from dreamfusion.guidance import GuidanceConfig
+from dreamfusion.guidance.base import Guidance
+from dreamfusion.lights import LightConfig
+from dreamfusion.losses import LossConfig
+from dreamfusion.prompts import PromptConfig
+from dreamfusion.sampling import SamplingConfig
+from dreamfusion.shading import ShadingConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 15000  # sec. 3.2
+    batch_size: int = 1  # views per step; the paper rendered 4 (one per TPU chip)
+    # Render width = height. None: a pixel prior's own resolution (64 for IF, like the paper's Imagen base
+    # model; 32 for the built-in prior), else 64 (a latent prior's VAE decodes from 64x64 latents).
+    resolution: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # older periodic checkpoints are removed; the final one is always kept
+    validation_every: int = 500
+    validation_views: int = 4
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise ValueError(f"steps must be > 0, got {self.steps}")
+        if not 0 <= self.seed < 2**32 - 2:  # seed, seed + 1 and seed + 2 seed three generators
+            raise ValueError(f"seed must be in [0, 2**32 - 2), got {self.seed}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
+        if self.resolution is not None and not (16 <= self.resolution <= 1024 and self.resolution % 8 == 0):
+            raise ValueError(f"resolution must be a multiple of 8 between 16 and 1024, got {self.resolution}")
+        if (
+            min(self.checkpoint_every, self.validation_every, self.validation_views, self.keep_checkpoints)
+            <= 0
+        ):
+            raise ValueError(
+                "checkpoint_every, validation_every, validation_views and keep_checkpoints must be > 0"
+            )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr_grid: float = 1e-2  # feature planes / hash tables
+    lr_mlp: float = 1e-3  # the field's MLP
+    lr_background: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-15  # SDS gradients on grid cells are tiny; a large eps would mute them (as threestudio)
+    warmup_fraction: float = 3000 / 15000  # App. A.2: warm-up over 3,000 of 15,000 steps ...
+    lr_start_ratio: float = 1e-5  # ... from 1e-9 = 1e-5 x the peak 1e-4 ...
+    lr_end_ratio: float = 1e-2  # ... then cosine decay to 1e-6 = 1e-2 x the peak
+
+    def __post_init__(self) -> None:
+        if min(self.lr_grid, self.lr_mlp, self.lr_background) < 0:
+            raise ValueError("learning rates must be >= 0")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError("warmup_fraction must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs; written to the run folder as config.yaml."""
+
+    prompt: PromptConfig = dataclasses.field(default_factory=PromptConfig)
+    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    light: LightConfig = dataclasses.field(default_factory=LightConfig)
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    shading: ShadingConfig = dataclasses.field(default_factory=ShadingConfig)
+    background: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+
+
+CHECKPOINT_FORMAT = "step_{:07d}.safetensors"
+
+
+DEFAULT_RESOLUTION = 64
+
+
+def render_resolution(config: Config, guidance: Guidance | None = None) -> int:
+    """train.resolution if set; else a pixel prior's own (renders are what it denoises); else 64."""
+    if config.train.resolution is not None:
+        return config.train.resolution
+    if guidance is not None and config.guidance.kind in ("builtin", "pixel"):
+        return guidance.image_size
+    return DEFAULT_RESOLUTION
+
+
+def read_run_config(run_dir: Path) -> Config:
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        if not run_dir.is_dir():
+            raise UserError(f"run folder {run_dir} does not exist")
+        raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
+    # load_yaml_overrides reads YAML as dump_yaml writes it (1e-3 is a float) and reports errors in one line.
+    return from_dict(Config, load_yaml_overrides(config_path))
+
+
+def load_field(config: Config, checkpoint: Checkpoint, where: str) -> Field:
+    """The field saved in `checkpoint`, built from `config`, on the CPU in eval mode. A checkpoint that does
+    not fit the config is a UserError naming `where` (the run folder or checkpoint file)."""
+    # The initial weights are overwritten; a fixed generator keeps the global RNG untouched.
+    field = build_field(config.field, torch.Generator().manual_seed(0))
+    try:
+        field.load_state_dict(checkpoint.modules["field"])
+    except (KeyError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the checkpoint in {where} does not match its config.yaml: {first_line}") from exc
+    return field.eval()
+
+
+def load_latest(run_dir: Path) -> Checkpoint:
+    path = latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: nothing to resume")
+    return load_checkpoint(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,3 +18,16 @@ def test_the_world_imports_nothing_from_guidance():
     )
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def loaded_by(module: str, prefix: str) -> list[str]:
+    names = f"sorted(m for m in sys.modules if m.startswith({prefix!r}))"
+    code = f"import json, sys, {module}; print(json.dumps({names}))"
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_export_and_evaluation_read_runs_without_the_trainer_and_export_without_evaluation():
+    assert loaded_by("dreamfusion.export.pipeline", "dreamfusion.evaluation") == []
+    assert loaded_by("dreamfusion.export.pipeline", "dreamfusion.trainer") == []
+    assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.trainer") == []

@@ -16,14 +16,13 @@ from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import (
     compare_occupancy,
     default_bound,
-    density_grid,
-    grid_points,
     load_run_field,
     occupancy_threshold,
     textureless_turntable,
     volumetric_iou,
 )
 from dreamfusion.field import Field, FieldOutput, build_field
+from dreamfusion.grid import density_grid, grid_points
 from dreamfusion.shapes import AnalyticField
 from dreamfusion.world import Scene, scene_from_caption
 

@@ -13,7 +13,6 @@ import trimesh
 from torch import Tensor
 
 from dreamfusion.errors import UserError
-from dreamfusion.evaluation.geometry import grid_points
 from dreamfusion.export.mesh import (
     MeshConfig,
     clean_mesh,
@@ -25,6 +24,7 @@ from dreamfusion.export.mesh import (
     unit_vertex_normals,
 )
 from dreamfusion.field import Field, FieldConfig, build_field
+from dreamfusion.grid import grid_points
 from dreamfusion.shapes import AnalyticField
 
 LN2 = math.log(2.0)

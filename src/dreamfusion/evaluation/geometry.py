@@ -24,6 +24,7 @@ from torch import Tensor
 from dreamfusion.background import SolidBackground
 from dreamfusion.cameras import orbit_cameras
 from dreamfusion.field import Field
+from dreamfusion.grid import CHUNK, density_grid, grid_points
 from dreamfusion.lights import LightConfig, headlights
 from dreamfusion.run.config import Config, load_field, load_latest, read_run_config
 from dreamfusion.sampling import SamplingConfig
@@ -34,8 +35,6 @@ from dreamfusion.world.scenes import FIT_RADIUS
 
 # The default grid reaches this far beyond FIT_RADIUS, so the scene's outermost cells are inside it.
 SCENE_MARGIN = 0.05
-# Points per field or SDF call: bounds memory at 128^3 = 2.1M grid points.
-CHUNK = 65536
 
 
 def load_run_field(run_dir: Path | str) -> tuple[Field, Config]:
@@ -52,31 +51,6 @@ def default_bound(field: Field) -> float:
     """Half-width of the evaluation grid: the field's bounding sphere (floaters anywhere the renderer can
     see count against the field) or the scene's FIT_RADIUS plus a margin, whichever is larger."""
     return max(float(field.bound), FIT_RADIUS + SCENE_MARGIN)
-
-
-def grid_points(resolution: int, bound: float) -> Tensor:
-    """(R, R, R, 3) centres of the R^3 cubic cells that tile [-bound, bound]^3, indexed [x, y, z]."""
-    if resolution < 1 or bound <= 0:
-        raise ValueError(f"need resolution >= 1 and bound > 0, got {resolution}, {bound}")
-    cell = 2.0 * bound / resolution
-    axis = -bound + (torch.arange(resolution, dtype=torch.float32) + 0.5) * cell
-    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
-
-
-@torch.no_grad()
-def density_grid(field: Field, resolution: int, bound: float, chunk: int = CHUNK) -> Tensor:
-    """(R, R, R) density at the cell centres of `grid_points(resolution, bound)`, on the CPU.
-
-    Density is what the renderer sees: zero outside the field's bounding sphere, where no ray is sampled.
-    """
-    device = next(field.parameters(), torch.empty(0)).device
-    points = grid_points(resolution, bound).reshape(-1, 3)
-    density = torch.zeros(points.shape[0])
-    inside = (points.norm(dim=-1) <= field.bound).nonzero().squeeze(1)
-    for start in range(0, inside.numel(), chunk):
-        rows = inside[start : start + chunk]
-        density[rows] = field.density(points[rows].to(device)).float().cpu()
-    return density.view(resolution, resolution, resolution)
 
 
 @torch.no_grad()

@@ -41,8 +41,8 @@ import trimesh
 from torch import Tensor
 
 from dreamfusion.errors import UserError
-from dreamfusion.evaluation.geometry import density_grid
 from dreamfusion.field import Field
+from dreamfusion.grid import density_grid
 
 HALF_OPACITY_DEPTH = math.log(2.0)  # optical depth at which transmittance is 0.5
 REFINE_STEPS = 8  # bisections per vertex in snap_to_surface: within 1/256 of a cell of the iso surface
@@ -168,7 +168,7 @@ def marching_cubes(
     grid: Tensor, threshold: float, bound: float, field: Field | None = None
 ) -> trimesh.Trimesh:
     """The iso surface {density = threshold} of a grid of cell centres tiling [-bound, bound]^3
-    (`evaluation.geometry.grid_points`), closed (the grid is padded with empty cells) and outward-facing.
+    (`grid.grid_points`), closed (the grid is padded with empty cells) and outward-facing.
     With `field`, the vertices are moved onto the field's own iso surface (`snap_to_surface`)."""
     from skimage.measure import marching_cubes as skimage_marching_cubes
 

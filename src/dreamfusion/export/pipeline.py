@@ -24,7 +24,6 @@ from tqdm import tqdm
 from dreamfusion import __version__
 from dreamfusion.checkpoint import latest_checkpoint, load_checkpoint
 from dreamfusion.errors import UserError
-from dreamfusion.evaluation.geometry import density_grid
 from dreamfusion.export.formats import FORMATS, write_formats, write_json
 from dreamfusion.export.mesh import (
     ExtractedMesh,
@@ -38,6 +37,7 @@ from dreamfusion.export.texture import TextureConfig, TexturedMesh, bake, unwrap
 from dreamfusion.export.video import TurntableConfig, write_turntable
 from dreamfusion.field import Field
 from dreamfusion.files import free_dir
+from dreamfusion.grid import density_grid
 from dreamfusion.run.config import load_field, read_run_config
 
 AXES = "+Y up, front faces +Z (glTF); (x, y, z)_file = (y, z, x)_world, world = +Z up, front +X"

@@ -60,7 +60,7 @@ from dreamfusion.evaluation.classifier import (
 )
 from dreamfusion.evaluation.judge import WorldJudge, load_packaged_judge
 from dreamfusion.prior import sample, save_grid
-from dreamfusion.prompts import VIEWS, with_view
+from dreamfusion.prompts import VIEW_WORDS, with_view
 from dreamfusion.world import COLOUR_NAMES, HELD_OUT_OBJECTS, KIND_NAMES, WorldObject
 
 KIND_THRESHOLD = 0.85  # issue #3, held-in prompts
@@ -232,7 +232,9 @@ def main() -> None:
         help="the judge's file: loaded if it exists, else trained and saved there "
         "(default OUT/classifier.safetensors)",
     )
-    parser.add_argument("--views", default="front,side,back", help=f"view words to cycle through, of {VIEWS}")
+    parser.add_argument(
+        "--views", default="front,side,back", help=f"view words to cycle through, of {VIEW_WORDS}"
+    )
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument(
         "--clip-x0",
@@ -250,8 +252,8 @@ def main() -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     views = tuple(v.strip() for v in args.views.split(",") if v.strip())
-    if not views or any(v not in VIEWS for v in views):
-        parser.error(f"--views must list some of {', '.join(VIEWS)}")
+    if not views or any(v not in VIEW_WORDS for v in views):
+        parser.error(f"--views must list some of {', '.join(VIEW_WORDS)}")
     if args.samples_per_prompt < 1 or args.batch < 1:
         parser.error("--samples-per-prompt and --batch must be at least 1")
     if args.threads > 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from dreamfusion.errors import UserError
 
-VIEWS = ("front", "side", "back", "overhead")
+VIEW_WORDS = ("front", "side", "back", "overhead")
 
 
 @dataclass(frozen=True)

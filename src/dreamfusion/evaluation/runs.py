@@ -33,7 +33,13 @@ from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import load_run_field, volumetric_iou
 from dreamfusion.evaluation.image_text import ImageTextModel
 from dreamfusion.evaluation.rprecision import r_precision, view_ranks
-from dreamfusion.evaluation.suite import ELEVATION_DEG, VIEWS, SuitePrompt, evaluation_suite, shape_captions
+from dreamfusion.evaluation.suite import (
+    ELEVATION_DEG,
+    RENDERED_VIEWS,
+    SuitePrompt,
+    evaluation_suite,
+    shape_captions,
+)
 from dreamfusion.evaluation.surface import albedo_delta_e, chamfer_to_scene
 from dreamfusion.export.mesh import MeshConfig, extract_mesh
 from dreamfusion.field import Field
@@ -47,7 +53,7 @@ JUDGE = "judge"  # the model name that means the project's own world judge
 
 @dataclass(frozen=True)
 class EvalConfig:
-    views: int = VIEWS  # azimuths 0, 360/views, ... at elevation_deg
+    views: int = RENDERED_VIEWS  # azimuths 0, 360/views, ... at elevation_deg
     elevation_deg: float = ELEVATION_DEG
     resolution: int = 64  # pixels of the renders the image-text model sees
     iou_resolution: int = 128  # grid cells per axis for the volumetric IoU

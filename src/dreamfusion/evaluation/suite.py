@@ -122,7 +122,7 @@ def shape_captions(prompts: Sequence[SuitePrompt]) -> tuple[tuple[str, ...], tup
 
 # ---- the ground-truth row: exact renders of the suite's scenes ----
 
-VIEWS = 8  # azimuths 0, 45, ..., 315 deg
+RENDERED_VIEWS = 8  # azimuths 0, 45, ..., 315 deg
 ELEVATION_DEG = 30.0  # the paper's evaluation renders (App. A.3)
 
 
@@ -130,7 +130,7 @@ def render_ground_truth(
     scene: Scene,
     mode: ShadingMode,
     resolution: int = 64,
-    views: int = VIEWS,
+    views: int = RENDERED_VIEWS,
     elevation_deg: float = ELEVATION_DEG,
 ) -> Tensor:
     """(views, H, W, 3): the exact scene from evenly spaced azimuths (cameras.orbit_cameras, as validation
@@ -190,7 +190,7 @@ def ground_truth_rprecision(
     model: ImageTextModel,
     prompts: Sequence[SuitePrompt] | None = None,
     resolution: int = 64,
-    views: int = VIEWS,
+    views: int = RENDERED_VIEWS,
     progress: bool = False,
 ) -> GroundTruthScores:
     """Rank each prompt's true caption for every view of its exact scene: Color on lambertian renders

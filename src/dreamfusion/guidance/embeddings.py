@@ -20,7 +20,7 @@ from torch import Tensor
 from dreamfusion.cameras import Cameras
 from dreamfusion.files import atomic_path, dreamfusion_cache
 from dreamfusion.guidance.base import Guidance, TextEmbeddings
-from dreamfusion.prompts import VIEWS, PromptConfig, validate_prompt, view_word, with_view
+from dreamfusion.prompts import VIEW_WORDS, PromptConfig, validate_prompt, view_word, with_view
 
 log = logging.getLogger("dreamfusion")
 
@@ -100,7 +100,7 @@ class PromptEmbeddings:
     def __init__(self, config: PromptConfig, guidance: Guidance, cache_dir: Path | None):
         self.prompt = validate_prompt(config.text)
         self.config = config
-        texts = [with_view(self.prompt, v) for v in VIEWS] if config.view_dependent else [self.prompt]
+        texts = [with_view(self.prompt, v) for v in VIEW_WORDS] if config.view_dependent else [self.prompt]
         embeddings = cached_text_embeddings(guidance, texts + [config.negative], cache_dir)
         self.views = embeddings[:-1]  # (4 or 1, L, D)
         self.negative = embeddings[-1]  # (L, D)
@@ -125,7 +125,7 @@ class PromptEmbeddings:
             return self.views[0]
         word = view_word(elevation_deg, azimuth_deg, self.config)
         if word == "overhead" or not self.config.interpolate:
-            return self.views[VIEWS.index(word)]
+            return self.views[VIEW_WORDS.index(word)]
         # Blend by azimuth: front at 0 deg, side at 90 deg, back at 180 deg (both sides share "side").
         from_front = min(azimuth_deg % 360.0, 360.0 - azimuth_deg % 360.0)
         front, side, back = self.views[0], self.views[1], self.views[2]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from dreamfusion.errors import UserError
-from dreamfusion.prompts import VIEWS
+from dreamfusion.prompts import VIEW_WORDS
 from dreamfusion.world.objects import (
     COLOUR_NAMES,
     KIND_NAMES,
@@ -244,7 +244,7 @@ def vocabulary() -> Vocabulary:
         kinds={k.name: k.nouns for k in KINDS},
         relations=dict(RELATION_PHRASES),
         templates=TEMPLATES,
-        views=VIEWS,
+        views=VIEW_WORDS,
     )
 
 
@@ -252,7 +252,7 @@ _NOUN_TO_KIND = {noun: k.name for k in KINDS for noun in k.nouns}
 _PHRASE_TO_RELATION = {p: r for r, phrases in RELATION_PHRASES.items() for p in phrases}
 _PREFIXES = sorted((t.split("{}")[0].lower() for t in TEMPLATES), key=len, reverse=True)
 _KNOWN_WORDS = frozenset(
-    {"a", "an", "view", *COLOUR_NAMES, *VIEWS}
+    {"a", "an", "view", *COLOUR_NAMES, *VIEW_WORDS}
     | {w for noun in _NOUN_TO_KIND for w in noun.split()}
     | {w for p in _PHRASE_TO_RELATION for w in p.split()}
     | {w for prefix in _PREFIXES for w in prefix.split()}
@@ -281,13 +281,15 @@ def parse_caption(text: str) -> ParsedCaption:
             f"unknown word{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
             f"in caption {text!r}. "
             f"The world knows colours {', '.join(COLOUR_NAMES)}; kinds {', '.join(_NOUN_TO_KIND)}; "
-            f"relations {', '.join(_PHRASE_TO_RELATION)}; views {', '.join(VIEWS)}"
+            f"relations {', '.join(_PHRASE_TO_RELATION)}; views {', '.join(VIEW_WORDS)}"
         )
     view = None
     if match := _VIEW_SUFFIX.match(cleaned):
         cleaned, view = match["body"], match["view"]
-        if view not in VIEWS:
-            raise CaptionError(f"unknown view {view!r} in caption {text!r}; views are {', '.join(VIEWS)}")
+        if view not in VIEW_WORDS:
+            raise CaptionError(
+                f"unknown view {view!r} in caption {text!r}; views are {', '.join(VIEW_WORDS)}"
+            )
     body = next(cleaned[len(p) :] for p in _PREFIXES if cleaned.startswith(p))
     for phrase in sorted(_PHRASE_TO_RELATION, key=len, reverse=True):
         first, sep, second = body.partition(f" {phrase} ")

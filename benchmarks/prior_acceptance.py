@@ -110,7 +110,7 @@ def sample_prior(
             folder,
             chunk,
             steps=args.steps,
-            guidance_scale=args.guidance_scale,
+            cfg_scale=args.cfg_scale,
             seed=seed + c,
             clip_x0=args.clip_x0,
         )
@@ -242,7 +242,7 @@ def main() -> None:
         help="clip DDIM's clean-image estimate to [-1, 1] each step (off by default; the model card's "
         "version-2 figures were measured with it on)",
     )
-    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--cfg-scale", type=float, default=5.0, help="s = 1 + omega (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the prior's samples")
     parser.add_argument("--batch", type=int, default=50, help="captions sampled together")
     parser.add_argument("--judge-images", type=int, default=2000, help="renders per split to test the judge")
@@ -301,9 +301,7 @@ def main() -> None:
     print()
     print(accuracy_table("judge on fresh renders", judge_results))
     print()
-    print(
-        accuracy_table(f"prior samples ({args.steps} DDIM steps, CFG {args.guidance_scale})", prior_results)
-    )
+    print(accuracy_table(f"prior samples ({args.steps} DDIM steps, CFG {args.cfg_scale})", prior_results))
     print()
     print(kind_table(kind_rows))
     print()
@@ -325,7 +323,7 @@ def main() -> None:
             "samples_per_prompt": args.samples_per_prompt,
             "views": list(views),
             "ddim_steps": args.steps,
-            "guidance_scale": args.guidance_scale,
+            "cfg_scale": args.cfg_scale,
             "seed": args.seed,
             "judge_test_images_per_split": args.judge_images,
         },

@@ -401,7 +401,7 @@ def cmd_prior_sample(args: argparse.Namespace) -> int:
     captions = [validate_prompt(c) for c in args.captions]
     folder = resolve_model(str(args.folder), COMPONENTS)  # a clear error for an incomplete folder
     quiet_diffusers_and_transformers()
-    images = sample(folder.path, captions, args.sample_steps, args.guidance_scale, args.seed)
+    images = sample(folder.path, captions, args.sample_steps, args.cfg_scale, args.seed)
     try:
         save_grid(images, args.out, columns=args.columns, scale=args.scale)
     except OSError as exc:
@@ -592,7 +592,9 @@ def add_prior_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--steps", dest="sample_steps", type=positive_int, default=50, help="DDIM steps (default 50)"
     )
-    s.add_argument("--guidance-scale", type=float, default=5.0, metavar="W", help="CFG scale (default 5)")
+    s.add_argument(
+        "--cfg-scale", type=float, default=5.0, metavar="S", help="CFG scale s = 1 + omega (default 5)"
+    )
     s.add_argument("--seed", type=seed, default=0, metavar="S", help="random seed (default 0)")
     s.add_argument("--columns", type=positive_int, metavar="C", help="grid columns (default: near square)")
     s.add_argument(

@@ -159,9 +159,9 @@ def test_export_loads_in_the_pixel_guidance_backend(exported: Path):
 
 def test_sampler_is_deterministic_and_writes_a_grid(exported: Path, tmp_path: Path):
     captions = ["a red mug, front view", "a blue cube, side view", "a green cone on top of a cube"]
-    images = sample(exported, captions, steps=4, guidance_scale=3.0, seed=1)
+    images = sample(exported, captions, steps=4, cfg_scale=3.0, seed=1)
     assert images.shape == (3, 16, 16, 3) and images.min() >= 0 and images.max() <= 1
-    assert torch.equal(images, sample(exported, captions, steps=4, guidance_scale=3.0, seed=1))
+    assert torch.equal(images, sample(exported, captions, steps=4, cfg_scale=3.0, seed=1))
     path = save_grid(images, tmp_path / "grid.png", columns=2, scale=2)
     assert Image.open(path).size == (64, 64)
 

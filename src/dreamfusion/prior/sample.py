@@ -34,15 +34,16 @@ def sample(
     folder: Path,
     captions: Sequence[str],
     steps: int = 50,
-    guidance_scale: float = 5.0,
+    cfg_scale: float = 5.0,
     seed: int = 0,
     clip_x0: bool = False,
 ) -> Tensor:
     """(N, H, W, 3) images in [0, 1], one per caption. Deterministic for a given seed.
 
     CFG as in Ho & Salimans 2022: eps = eps_uncond + s (eps_cond - eps_uncond), the unconditioned half being
-    the empty caption, as in training (s = 1 + omega in the paper's notation). The network's output is v or
-    epsilon, whichever the folder's scheduler config names; CFG is linear, so it combines either alike.
+    the empty caption, as in training. `cfg_scale` is s = 1 + omega, where omega is SDS's guidance_scale.
+    The network's output is v or epsilon, whichever the folder's scheduler config names; CFG is linear, so
+    it combines either alike.
 
     `clip_x0` clips each step's estimate of the clean image to [-1, 1] (the exported scheduler config's
     `clip_sample`, which IF sets). It is off by default: with the built-in prior (v-prediction, CFG 5), DDIM
@@ -63,7 +64,7 @@ def sample(
     def guided(x: Tensor, t: Tensor) -> Tensor:
         both = prior.unet(torch.cat([x, x]), t, encoder_hidden_states=text).sample
         cond, uncond = both[:n], both[n:]
-        return uncond + guidance_scale * (cond - uncond)
+        return uncond + cfg_scale * (cond - uncond)
 
     size = prior.unet.config.sample_size
     channels = prior.unet.config.in_channels

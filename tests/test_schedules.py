@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from dreamfusion.schedules import LinearRamp, WarmupCosine
 
 
@@ -16,3 +18,13 @@ def test_linear_ramp():
     r = LinearRamp(total_steps=100, start=1e-4, end=1e-2, fraction=0.5)
     assert r(0) == 1e-4 and r(50) == 1e-2 and r(99) == 1e-2
     assert math.isclose(r(25), (1e-4 + 1e-2) / 2)
+
+
+def test_warmup_cosine_restarts_each_cycle_with_the_same_shape():
+    once = WarmupCosine(100, 0.1, start=0.0, end=0.1)
+    twice = WarmupCosine(200, 0.1, start=0.0, end=0.1, restarts=(100,))
+    assert [twice(s) for s in range(100)] == [once(s) for s in range(100)]  # the first cycle is unchanged
+    assert twice(100) == 0.0 and twice(110) == 1.0  # warm-up again, over 10 % of the added 100 steps
+    assert twice(199) == pytest.approx(once(99))
+    with pytest.raises(ValueError, match="restarts"):
+        WarmupCosine(100, restarts=(100,))

@@ -425,6 +425,7 @@ examples:
   dreamfusion prior latent dataset --out runs/prior-v3
   dreamfusion prior latent vae --out runs/prior-v3 --max-minutes 60
   dreamfusion prior latent unet --out runs/prior-v3 --set weighting=min-snr
+  dreamfusion prior latent vae --out runs/prior-v3 --extend-to 6000   # a finished stage, trained further
 """
 
 
@@ -455,6 +456,12 @@ def cmd_prior_latent(args: argparse.Namespace) -> int:
     if stage == "export":
         print(f"the prior is in {latent.export_latent_prior(run)}")
         return 0
+    if args.extend_to is not None:
+        if stage not in latent.STAGE_CONFIGS:
+            raise UserError(f"--extend-to applies to the training stages (vae, text, unet), not to {stage}")
+        if args.set:
+            raise UserError("--extend-to keeps the stage's settings; --set cannot change them")
+        latent.extend_stage(run, stage, args.extend_to)
     train = {"vae": latent.train_autoencoder, "text": latent.train_text_encoder, "unet": latent.train_unet}[
         stage
     ]
@@ -619,6 +626,12 @@ def add_prior_commands(sub: argparse._SubParsersAction) -> None:
         type=positive_float,
         metavar="M",
         help="training stages: stop after M minutes of this sitting, with a checkpoint",
+    )
+    lat.add_argument(
+        "--extend-to",
+        type=positive_int,
+        metavar="N",
+        help="training stages: train a started stage further, to N steps in all (its schedule restarts)",
     )
     add_set_option(lat, "loop.steps=2000 or --set weighting=min-snr")
     add_progress_option(lat)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from dreamfusion.config import from_dict, load_yaml_overrides
 from dreamfusion.errors import UserError
 from dreamfusion.prior.autoencoder import (
     AutoencoderConfig,
@@ -247,3 +248,25 @@ def test_the_unet_refuses_latents_of_another_shape(tiny_tokenizer: Path):
     captions = np.array(["a red cube"] * 3)
     with pytest.raises(ValueError, match=r"latents are 4x16x16 but the U-Net expects 4x8x8"):
         LatentUNetStage(config, torch.zeros(3, 4, 16, 16), captions, text, tokenizer, 24)
+
+
+def test_a_finished_stage_trained_further_restarts_its_schedule_and_keeps_the_old_model(
+    tiny_run: LatentRun, tmp_path: Path
+):
+    from dreamfusion.cli import main
+
+    root = tmp_path / "prior"
+    root.mkdir()
+    (root / "dataset").symlink_to(tiny_run.dataset)
+    settings = ["model.channels=[8,16]", "model.norm_groups=8", "model.resolution=16", "loop.steps=2"]
+    settings += ["batch_size=4", "scale_sample=8"]
+    argv = ["prior", "latent", "vae", "--out", str(root), "--no-progress"]
+    assert main([*argv, *[a for s in settings for a in ("--set", s)]]) == 0
+    assert main([*argv, "--extend-to", "4"]) == 0
+    config = from_dict(AutoencoderTrainConfig, load_yaml_overrides(root / "vae" / "config.yaml"))
+    assert (config.loop.steps, config.loop.restarts) == (4, (2,))
+    assert (root / "vae" / "model-step2" / "config.json").is_file()
+    assert (root / "vae" / "model" / "config.json").is_file()
+    steps = [json.loads(line)["step"] for line in (root / "vae" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+    assert main([*argv, "--extend-to", "3"]) == 2  # not longer than it is: one-line error

@@ -88,7 +88,9 @@ class AutoencoderStage:
         self.vae = build_autoencoder(config.model, config.seed).train()
         self.ema = EMA(self.vae, config.ema_decay)
         self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
-        self.schedule = WarmupCosine(config.loop.steps, config.warmup_fraction, start=0.0, end=0.1)
+        self.schedule = WarmupCosine(
+            config.loop.steps, config.warmup_fraction, start=0.0, end=0.1, restarts=config.loop.restarts
+        )
         self.data_generator = torch.Generator().manual_seed(config.seed + 1)
         self.step = 0
         self.elapsed_s = 0.0

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,6 +84,35 @@ def stage_config(folder: Path, default: T, overrides: Sequence[str]) -> T:
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, dump_yaml(config))
     return config
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "vae": AutoencoderTrainConfig,
+    "text": TextPretrainConfig,
+    "unet": LatentUNetTrainConfig,
+}
+
+
+def extend_stage(run: LatentRun, stage: str, steps: int) -> None:
+    """Train a started stage further, to `steps` in all: its schedule starts over at its current end (a warm
+    restart), and a finished stage's exported model is kept as model-stepN beside the new one."""
+    folder = run.root / stage
+    path = folder / CONFIG
+    if not path.is_file():
+        raise UserError(f"{folder} has not started: --extend-to trains a started stage further")
+    config = from_dict(STAGE_CONFIGS[stage], load_yaml_overrides(path))
+    loop = config.loop
+    if steps <= loop.steps:
+        raise UserError(f"--extend-to {steps} must be more than the {loop.steps} steps {folder} already has")
+    if stage == "vae" and run.latents.is_file():
+        raise UserError(f"{run.latents} was encoded by the current autoencoder; move it away to extend {folder}")
+    if (folder / MODEL).is_dir():
+        kept = folder / f"{MODEL}-step{loop.steps}"
+        if kept.exists():
+            raise UserError(f"{kept} already exists; move it away to extend {folder} again")
+        (folder / MODEL).rename(kept)
+    longer = replace(loop, steps=steps, restarts=(*loop.restarts, loop.steps))
+    write_text_atomic(path, dump_yaml(replace(config, loop=longer)))
 
 
 def require(path: Path, what: str, command: str) -> Path:

@@ -153,7 +153,9 @@ class LatentUNetStage:
         self.optimizer = torch.optim.AdamW(
             self.unet.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
         )
-        self.schedule = WarmupCosine(config.loop.steps, config.warmup_fraction, start=0.0, end=0.1)
+        self.schedule = WarmupCosine(
+            config.loop.steps, config.warmup_fraction, start=0.0, end=0.1, restarts=config.loop.restarts
+        )
         self.data_generator = torch.Generator().manual_seed(config.seed + 1)
         self.noise_generator = torch.Generator().manual_seed(config.seed + 2)
         self.step = 0

@@ -48,6 +48,15 @@ class LoopConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     threads: int = 1
+    # Steps where the learning-rate schedule started over: each time a finished stage was trained further
+    # (`dreamfusion prior latent STAGE --extend-to N`).
+    restarts: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if list(self.restarts) != sorted(set(self.restarts)) or any(
+            not 0 < r < self.steps for r in self.restarts
+        ):
+            raise ValueError("loop.restarts must be increasing steps between 0 and loop.steps")
 
 
 def resume_stage(stage: Stage, run_dir: Path) -> Stage:

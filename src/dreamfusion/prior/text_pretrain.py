@@ -130,7 +130,9 @@ class TextPretrainStage:
         self.optimizer = torch.optim.AdamW(
             parameters, lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        self.schedule = WarmupCosine(config.loop.steps, config.warmup_fraction, start=0.0, end=0.05)
+        self.schedule = WarmupCosine(
+            config.loop.steps, config.warmup_fraction, start=0.0, end=0.05, restarts=config.loop.restarts
+        )
         self.data_generator = torch.Generator().manual_seed(config.seed + 2)
         self.step = 0
         self.elapsed_s = 0.0

@@ -15,8 +15,8 @@ import pytest
 from dreamfusion.cli import EXIT_USER_ERROR, main
 from dreamfusion.config import from_dict, load_yaml_overrides
 from dreamfusion.files import atomic_path, claim_dir, write_text_atomic
-from dreamfusion.run import LOCK_NAME
 from dreamfusion.run.config import Config
+from dreamfusion.run.folder import LOCK_NAME
 from dreamfusion.run.log import append_record, truncate_records
 
 STEPS = 4

@@ -42,7 +42,8 @@ from dreamfusion.guidance import DEFAULT_MODELS, KINDS, TARGET_PROMPT, build_gui
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.guidance.embeddings import default_cache_dir
 from dreamfusion.prompts import validate_prompt
-from dreamfusion.run import (
+from dreamfusion.run.config import Config, load_latest, read_run_config
+from dreamfusion.run.folder import (
     RunLock,
     check_can_create,
     claim_run_dir,
@@ -50,7 +51,6 @@ from dreamfusion.run import (
     slug,
     write_run_config,
 )
-from dreamfusion.run.config import Config, load_latest, read_run_config
 from dreamfusion.trainer import Trainer
 
 log = logging.getLogger("dreamfusion")

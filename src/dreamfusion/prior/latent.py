@@ -105,7 +105,7 @@ def extend_stage(run: LatentRun, stage: str, steps: int) -> None:
     if steps <= loop.steps:
         raise UserError(f"--extend-to {steps} must be more than the {loop.steps} steps {folder} already has")
     if stage == "vae" and run.latents.is_file():
-        raise UserError(f"{run.latents} was encoded by the current autoencoder; move it away to extend {folder}")
+        raise UserError(f"{run.latents} was encoded by this autoencoder; move it away to extend {folder}")
     if (folder / MODEL).is_dir():
         kept = folder / f"{MODEL}-step{loop.steps}"
         if kept.exists():

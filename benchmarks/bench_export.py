@@ -40,7 +40,7 @@ FIDELITY_SIZE = 64
 
 def build_field(case: str):
     from dreamfusion.export.pipeline import load_run_checkpoint
-    from dreamfusion.shapes import AnalyticField
+    from dreamfusion.fields.analytic import AnalyticField
 
     if case == ANALYTIC:
         return AnalyticField("mug")
@@ -50,12 +50,12 @@ def build_field(case: str):
 
 def fidelity(field, textured) -> dict:
     """Silhouette IoU per view and mean colour errors of the mesh's renders against the field's."""
-    from dreamfusion.background import SolidBackground
-    from dreamfusion.cameras import orbit_cameras
     from dreamfusion.export.preview import render_mesh
-    from dreamfusion.lights import LightConfig
-    from dreamfusion.sampling import SamplingConfig
-    from dreamfusion.validation import render_views
+    from dreamfusion.render.background import SolidBackground
+    from dreamfusion.render.cameras import orbit_cameras
+    from dreamfusion.render.lights import LightConfig
+    from dreamfusion.render.sampling import SamplingConfig
+    from dreamfusion.render.views import render_views
 
     cameras = orbit_cameras(FIDELITY_VIEWS, FIDELITY_SIZE)
     sampling = SamplingConfig(samples_per_ray=128, occupancy_resolution=0)

@@ -33,13 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamfusion.device import machine_facts
-from dreamfusion.field import (
+from dreamfusion.fields import FieldConfig, build_field
+from dreamfusion.fields.base import (
     Field,
-    FieldConfig,
     FieldOutput,
     autograd_normals,
     blob_preactivation,
-    build_field,
     density_activation,
 )
 

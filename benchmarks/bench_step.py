@@ -48,24 +48,24 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from dreamfusion.cameras import sample_cameras
 from dreamfusion.cli import preset_overrides
 from dreamfusion.config import apply_overrides, from_dict, merge_dicts, to_dict
 from dreamfusion.device import machine_facts
 from dreamfusion.guidance import build_guidance
 from dreamfusion.guidance.base import ViewBatch
 from dreamfusion.guidance.embeddings import default_cache_dir
-from dreamfusion.lights import sample_point_lights
-from dreamfusion.losses import opacity_loss, orientation_loss
-from dreamfusion.renderer import render
+from dreamfusion.render.cameras import sample_cameras
+from dreamfusion.render.lights import sample_point_lights
+from dreamfusion.render.renderer import render
+from dreamfusion.render.shading import ShadingMode, choose_shading
 from dreamfusion.run.config import Config
-from dreamfusion.shading import ShadingMode, choose_shading
 from dreamfusion.testing.tiny_models import (
     save_tiny_pixel_diffusion,
     save_tiny_stable_diffusion,
     stable_diffusion_15_unet_config,
 )
-from dreamfusion.trainer import Trainer
+from dreamfusion.training.losses import opacity_loss, orientation_loss
+from dreamfusion.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 PROMPT = "a photo of a cute dog"

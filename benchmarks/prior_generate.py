@@ -14,7 +14,7 @@ the guidance kind, steps, IoU, field volume / true volume, and the optimisation 
 textureless turntable, field above truth, as eval_turntable.png (or eval_turntable-2.png, ... if taken).
 The JSON summary goes to benchmarks/results/prior_generate.json unless --json says otherwise.
 
-Note: the `target` guidance ignores the prompt and reconstructs `dreamfusion.shapes.AnalyticField`; its
+Note: the `target` guidance ignores the prompt and reconstructs `dreamfusion.fields.analytic.AnalyticField`;
 sphere and mug are not the world's, so a target run scores the difference between the two, not the prior.
 """
 
@@ -32,7 +32,7 @@ import torch
 from dreamfusion.device import machine_facts
 from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import compare_occupancy, load_run_field, textureless_turntable
-from dreamfusion.validation import save_png_atomic
+from dreamfusion.render.views import save_png_atomic
 from dreamfusion.world import is_held_out, scene_from_caption
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "prior_generate.json"

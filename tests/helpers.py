@@ -6,15 +6,15 @@ from pathlib import Path
 
 import torch
 
-from dreamfusion.cameras import orbit_cameras
 from dreamfusion.config import apply_overrides
 from dreamfusion.guidance import build_guidance
-from dreamfusion.lights import LightConfig
-from dreamfusion.renderer import render
+from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.lights import LightConfig
+from dreamfusion.render.renderer import render
+from dreamfusion.render.sampling import SamplingConfig
+from dreamfusion.render.shading import ShadingMode
 from dreamfusion.run.config import Config
-from dreamfusion.sampling import SamplingConfig
-from dreamfusion.shading import ShadingMode
-from dreamfusion.trainer import Trainer
+from dreamfusion.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 

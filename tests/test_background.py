@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamfusion.background import BackgroundConfig, SolidBackground, random_colours
 from dreamfusion.errors import UserError
+from dreamfusion.render.background import BackgroundConfig, SolidBackground, random_colours
 
 
 def test_full_colourfulness_is_a_uniform_random_colour():

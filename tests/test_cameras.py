@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from dreamfusion.cameras import CameraConfig, orbit_cameras, sample_cameras, sample_elevations_deg
-from dreamfusion.rays import camera_rays
+from dreamfusion.render.cameras import CameraConfig, orbit_cameras, sample_cameras, sample_elevations_deg
+from dreamfusion.render.rays import camera_rays
 
 
 def _centre_ray(cameras):

@@ -25,7 +25,7 @@ from dreamfusion.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from dreamfusion.config import from_dict, load_yaml_overrides
 from dreamfusion.run.config import Config
 from dreamfusion.testing import save_tiny_pixel_diffusion, save_tiny_stable_diffusion
-from dreamfusion.trainer import Trainer
+from dreamfusion.training.trainer import Trainer
 
 # Small enough for a 2-core CPU, still every stage of a real step: occupancy, normals, shading, validation.
 SMALL = [
@@ -145,7 +145,7 @@ def test_generate_rejects_bad_input(capsys, tmp_path, tiny_sd, argv, expected):
         ("guidance.sds.t_min=0.99", "t_min"),
         ("guidance.sds.grad_clip=-1", "grad_clip"),
         ("field.kind=voxels", "kind"),
-        ("field.plane_resolution=0", "plane_resolution"),
+        ("field.triplane.resolution=0", "resolution"),
         (f"train.seed={2**64}", "seed"),
     ],
 )
@@ -340,7 +340,7 @@ def test_resume_with_a_damaged_checkpoint(capsys, tmp_path, short_run, damage, e
 def test_resume_with_a_checkpoint_of_another_configuration(capsys, tmp_path, short_run):
     other = tmp_path / "other"
     argv = ["generate", "a ball", "--preset", "target", "--steps", "1", "--out", str(other), *SMALL]
-    assert main([*argv, "--set", "field.plane_channels=8"]) == 0
+    assert main([*argv, "--set", "field.triplane.channels=8"]) == 0
     run_dir = shutil.copytree(short_run, tmp_path / "run")
     shutil.copy(
         other / "checkpoints" / "step_0000001.safetensors",

@@ -9,15 +9,12 @@ import itertools
 import pytest
 import torch
 
-from dreamfusion.field import (
-    FieldConfig,
-    TriplaneField,
-    autograd_normals,
-    build_field,
-)
-from dreamfusion.field_hashgrid import (
+from dreamfusion.fields import FieldConfig, build_field
+from dreamfusion.fields.base import autograd_normals
+from dreamfusion.fields.hashgrid import (
     CPU_CHUNK_POINTS,
     HASH_PRIMES,
+    HashGridConfig,
     HashGridField,
     _Grid,
     _HashEncoding,
@@ -26,26 +23,29 @@ from dreamfusion.field_hashgrid import (
     level_multipliers,
     level_resolutions,
 )
+from dreamfusion.fields.triplane import TriplaneConfig, TriplaneField
 
 # Small fields so the whole file runs in a few seconds. The hash grid has 2 dense levels (R = 4, 10: 16^3
 # slots fit 2^12) and 2 hashed ones (R = 25, 64), so both indexing paths are exercised.
 SMALL = {
-    "triplane": FieldConfig(kind="triplane", plane_resolution=16, plane_channels=8, hidden_width=16),
+    "triplane": FieldConfig(
+        kind="triplane", triplane=TriplaneConfig(resolution=16, channels=8), hidden_width=16
+    ),
     "hashgrid": FieldConfig(
         kind="hashgrid",
         hidden_width=16,
-        hash_levels=4,
-        hash_features_per_level=2,
-        hash_log2_table_size=12,
-        hash_base_resolution=4,
-        hash_max_resolution=64,
+        hashgrid=HashGridConfig(
+            levels=4, features_per_level=2, log2_table_size=12, base_resolution=4, max_resolution=64
+        ),
     ),
 }
 KINDS = list(SMALL)
 
 
 def make_field(kind: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
-    config = dataclasses.replace(SMALL[kind], **overrides)
+    """SMALL[kind] with `overrides` applied to its `kind` section (field.triplane, field.hashgrid)."""
+    config = SMALL[kind]
+    config = dataclasses.replace(config, **{kind: dataclasses.replace(getattr(config, kind), **overrides)})
     return build_field(config, torch.Generator().manual_seed(seed)).to(dtype)
 
 
@@ -107,7 +107,7 @@ def test_points_outside_the_bound_stay_finite(kind):
 
 
 def test_triplane_feature_jacobian_matches_autograd():
-    field = make_field("triplane", plane_resolution=6, dtype=torch.float64)
+    field = make_field("triplane", resolution=6, dtype=torch.float64)
     roughen(field)
     points = ball_points(50, field.bound, dtype=torch.float64)
     derivatives, to_axis = field._feature_jacobian(points)
@@ -147,7 +147,7 @@ def test_hashgrid_encoding_matches_a_direct_lookup():
         cell = position.floor().long()
         fraction = position - cell
         bits = resolution.bit_length()  # ceil(log2(R + 1))
-        dense = 3 * bits <= field.config.hash_log2_table_size
+        dense = 3 * bits <= field.config.hashgrid.log2_table_size
         expected = torch.zeros_like(encoded[:, level])
         for corner in itertools.product((0, 1), repeat=3):
             vertex = cell + torch.tensor(corner)
@@ -221,10 +221,10 @@ def test_hashgrid_encoding_gradcheck_across_chunks():
     field = make_field(
         "hashgrid",
         dtype=torch.float64,
-        hash_levels=2,
-        hash_log2_table_size=8,
-        hash_base_resolution=2,
-        hash_max_resolution=8,
+        levels=2,
+        log2_table_size=8,
+        base_resolution=2,
+        max_resolution=8,
     )
     unit = (ball_points(7, field.bound, dtype=torch.float64) / field.bound + 1) / 2
     grid = _Grid(field._resolution, field._multiplier, field._level_offset, field.table_size)

@@ -29,5 +29,5 @@ def loaded_by(module: str, prefix: str) -> list[str]:
 
 def test_export_and_evaluation_read_runs_without_the_trainer_and_export_without_evaluation():
     assert loaded_by("dreamfusion.export.pipeline", "dreamfusion.evaluation") == []
-    assert loaded_by("dreamfusion.export.pipeline", "dreamfusion.trainer") == []
-    assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.trainer") == []
+    assert loaded_by("dreamfusion.export.pipeline", "dreamfusion.training.trainer") == []
+    assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.training.trainer") == []

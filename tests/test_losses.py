@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from dreamfusion.losses import opacity_loss, orientation_loss
+from dreamfusion.training.losses import opacity_loss, orientation_loss
 
 
 def test_orientation_loss_penalises_only_back_facing_normals():

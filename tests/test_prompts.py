@@ -3,10 +3,10 @@ import logging
 import pytest
 import torch
 
-from dreamfusion.cameras import orbit_cameras
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.embeddings import PromptEmbeddings, cached_text_embeddings
 from dreamfusion.prompts import PromptConfig, view_word
+from dreamfusion.render.cameras import orbit_cameras
 
 
 @pytest.mark.parametrize(

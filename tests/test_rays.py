@@ -1,6 +1,6 @@
 import torch
 
-from dreamfusion.rays import sphere_intersection
+from dreamfusion.render.rays import sphere_intersection
 
 
 def test_sphere_intersection_from_outside_and_inside():

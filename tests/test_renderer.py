@@ -2,11 +2,11 @@ import math
 
 import torch
 
-from dreamfusion.cameras import orbit_cameras
-from dreamfusion.renderer import render
-from dreamfusion.sampling import OccupancyGrid, SamplingConfig
-from dreamfusion.shading import ShadingMode
-from dreamfusion.shapes import AnalyticField
+from dreamfusion.fields.analytic import AnalyticField
+from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.renderer import render
+from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig
+from dreamfusion.render.shading import ShadingMode
 
 
 def _render(field, cams, occupancy=None, mode=ShadingMode.ALBEDO, with_normals=False, samples=128):

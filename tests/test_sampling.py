@@ -1,8 +1,8 @@
 import torch
 
-from dreamfusion.cameras import orbit_cameras
-from dreamfusion.rays import camera_rays
-from dreamfusion.sampling import OccupancyGrid, SamplingConfig, stratified_samples
+from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.rays import camera_rays
+from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig, stratified_samples
 
 
 def test_samples_lie_inside_the_sphere_and_cover_the_chord():

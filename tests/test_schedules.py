@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from dreamfusion.schedules import LinearRamp, WarmupCosine
+from dreamfusion.training.schedules import LinearRamp, WarmupCosine
 
 
 def test_warmup_cosine_matches_the_paper_shape():

@@ -1,6 +1,6 @@
 import torch
 
-from dreamfusion.shading import ShadingConfig, ShadingMode, choose_shading, shade
+from dreamfusion.render.shading import ShadingConfig, ShadingMode, choose_shading, shade
 
 
 def test_albedo_only_during_warmup_then_the_paper_mixture():

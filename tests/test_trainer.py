@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
+from dreamfusion.fields.analytic import AnalyticField
 from dreamfusion.run.config import load_latest
-from dreamfusion.shapes import AnalyticField
 from helpers import make_trainer, silhouette_iou, silhouettes, target_config
 
 

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from dreamfusion.volume_rendering import composite, compositing_weights
+from dreamfusion.render.volume_rendering import composite, compositing_weights
 
 
 def test_constant_density_opacity_is_one_minus_exp():

@@ -51,7 +51,7 @@ from dreamfusion.run.folder import (
     slug,
     write_run_config,
 )
-from dreamfusion.trainer import Trainer
+from dreamfusion.training.trainer import Trainer
 
 log = logging.getLogger("dreamfusion")
 

@@ -21,9 +21,10 @@ from dreamfusion.evaluation.geometry import (
     textureless_turntable,
     volumetric_iou,
 )
-from dreamfusion.field import Field, FieldOutput, build_field
-from dreamfusion.grid import density_grid, grid_points
-from dreamfusion.shapes import AnalyticField
+from dreamfusion.fields import build_field
+from dreamfusion.fields.analytic import AnalyticField
+from dreamfusion.fields.base import Field, FieldOutput
+from dreamfusion.fields.grid import density_grid, grid_points
 from dreamfusion.world import Scene, scene_from_caption
 
 SHAPES_SPHERE_RADIUS = 0.5  # shapes.shape_geometry("sphere")

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from dreamfusion.background import SolidBackground
-from dreamfusion.cameras import orbit_cameras
 from dreamfusion.export.mesh import MeshConfig, extract_mesh
 from dreamfusion.export.preview import render_mesh
 from dreamfusion.export.texture import TextureConfig, texture_mesh
-from dreamfusion.lights import LightConfig
-from dreamfusion.sampling import SamplingConfig
-from dreamfusion.shapes import AnalyticField
-from dreamfusion.validation import ViewRenders, render_views
+from dreamfusion.fields.analytic import AnalyticField
+from dreamfusion.render.background import SolidBackground
+from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.lights import LightConfig
+from dreamfusion.render.sampling import SamplingConfig
+from dreamfusion.render.views import ViewRenders, render_views
 
 
 def compare(mesh_renders: ViewRenders, field_renders: ViewRenders) -> tuple[torch.Tensor, float, float]:

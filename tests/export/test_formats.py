@@ -19,7 +19,7 @@ from torch import Tensor
 from dreamfusion.export.mesh import MeshConfig
 from dreamfusion.export.pipeline import ExportConfig, ExportResult, export_field
 from dreamfusion.export.texture import TextureConfig
-from dreamfusion.field import Field, FieldOutput
+from dreamfusion.fields.base import Field, FieldOutput
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATE = Path(__file__).with_name("validate_gltf.mjs")

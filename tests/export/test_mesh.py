@@ -23,9 +23,11 @@ from dreamfusion.export.mesh import (
     marching_cubes,
     unit_vertex_normals,
 )
-from dreamfusion.field import Field, FieldConfig, build_field
-from dreamfusion.grid import grid_points
-from dreamfusion.shapes import AnalyticField
+from dreamfusion.fields import FieldConfig, build_field
+from dreamfusion.fields.analytic import AnalyticField
+from dreamfusion.fields.base import Field
+from dreamfusion.fields.grid import grid_points
+from dreamfusion.fields.triplane import TriplaneConfig
 
 LN2 = math.log(2.0)
 BOUND = 1.4
@@ -124,8 +126,18 @@ def test_decimation_keeps_the_face_budget_and_the_shape():
 def test_grid_resolution_follows_the_field_unless_given():
     """Twice the finest features per axis, within [64, 256]; an analytic shape has no grid and gets 256."""
     auto = MeshConfig()
-    assert grid_resolution(build_field(FieldConfig(kind="triplane", plane_resolution=64)), auto) == 128
-    assert grid_resolution(build_field(FieldConfig(kind="triplane", plane_resolution=16)), auto) == 64
+    assert (
+        grid_resolution(
+            build_field(FieldConfig(kind="triplane", triplane=TriplaneConfig(resolution=64))), auto
+        )
+        == 128
+    )
+    assert (
+        grid_resolution(
+            build_field(FieldConfig(kind="triplane", triplane=TriplaneConfig(resolution=16))), auto
+        )
+        == 64
+    )
     assert grid_resolution(build_field(FieldConfig(kind="hashgrid")), auto) == 256
     assert grid_resolution(AnalyticField("sphere"), auto) == 256
     assert grid_resolution(AnalyticField("sphere"), MeshConfig(resolution=96)) == 96

@@ -19,8 +19,8 @@ from dreamfusion.errors import UserError
 from dreamfusion.export.mesh import MeshConfig
 from dreamfusion.export.pipeline import ExportConfig, ExportResult, export_field, export_run
 from dreamfusion.export.texture import TextureConfig
-from dreamfusion.field import Field, FieldOutput
-from dreamfusion.shapes import AnalyticField
+from dreamfusion.fields.analytic import AnalyticField
+from dreamfusion.fields.base import Field, FieldOutput
 
 FAST = ExportConfig(mesh=MeshConfig(resolution=32), texture=TextureConfig(size=64))
 

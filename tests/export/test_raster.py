@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from dreamfusion.cameras import orbit_cameras
 from dreamfusion.export.raster import project, rasterize
-from dreamfusion.rays import camera_rays
+from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.rays import camera_rays
 
 
 def test_a_triangle_covers_exactly_the_pixel_centres_inside_it():

@@ -6,11 +6,11 @@ import torch
 
 from dreamfusion.config import apply_overrides
 from dreamfusion.evaluation.geometry import compare_occupancy
+from dreamfusion.fields.analytic import SceneField
 from dreamfusion.guidance import GuidanceConfig, build_guidance
-from dreamfusion.lights import LightConfig
+from dreamfusion.render.lights import LightConfig
+from dreamfusion.render.sampling import SamplingConfig
 from dreamfusion.run.config import Config
-from dreamfusion.sampling import SamplingConfig
-from dreamfusion.shapes import SceneField
 from dreamfusion.world import CaptionError, scene_from_caption
 
 CPU = torch.device("cpu")

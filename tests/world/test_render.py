@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dreamfusion.cameras import Cameras, orbit_cameras
-from dreamfusion.lights import headlights
 from dreamfusion.prompts import PromptConfig, view_word
-from dreamfusion.rays import camera_rays
-from dreamfusion.shading import ShadingMode
+from dreamfusion.render.cameras import Cameras, orbit_cameras
+from dreamfusion.render.lights import headlights
+from dreamfusion.render.rays import camera_rays
+from dreamfusion.render.shading import ShadingMode
 from dreamfusion.world.captions import is_held_out
 from dreamfusion.world.objects import COLOURS, KIND_NAMES, kind
 from dreamfusion.world.render import (

@@ -31,12 +31,12 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dreamfusion.cameras import Cameras, sample_cameras
 from dreamfusion.config import from_dict, to_dict
 from dreamfusion.errors import UserError
-from dreamfusion.lights import sample_point_lights
 from dreamfusion.prior.train import prior_world
 from dreamfusion.prompts import view_word
+from dreamfusion.render.cameras import Cameras, sample_cameras
+from dreamfusion.render.lights import sample_point_lights
 from dreamfusion.world import (
     COLOUR_NAMES,
     HELD_OUT_OBJECTS,

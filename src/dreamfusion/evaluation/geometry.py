@@ -21,15 +21,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dreamfusion.background import SolidBackground
-from dreamfusion.cameras import orbit_cameras
-from dreamfusion.field import Field
-from dreamfusion.grid import CHUNK, density_grid, grid_points
-from dreamfusion.lights import LightConfig, headlights
+from dreamfusion.fields.base import Field
+from dreamfusion.fields.grid import CHUNK, density_grid, grid_points
+from dreamfusion.render.background import SolidBackground
+from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.lights import LightConfig, headlights
+from dreamfusion.render.sampling import SamplingConfig
+from dreamfusion.render.shading import ShadingMode
+from dreamfusion.render.views import render_views, to_uint8
 from dreamfusion.run.config import Config, load_field, load_latest, read_run_config
-from dreamfusion.sampling import SamplingConfig
-from dreamfusion.shading import ShadingMode
-from dreamfusion.validation import render_views, to_uint8
 from dreamfusion.world import Scene, render_scene
 from dreamfusion.world.scenes import FIT_RADIUS
 

@@ -50,7 +50,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
-from dreamfusion.background import random_colours
 from dreamfusion.config import from_dict, to_dict
 from dreamfusion.errors import UserError
 from dreamfusion.evaluation.classifier import (
@@ -65,7 +64,8 @@ from dreamfusion.files import build_folder_once, dreamfusion_cache
 from dreamfusion.prior.model import load_tokenizer, small_clip_text_config
 from dreamfusion.prior.tokenizer import build_clip_tokenizer, wheel_folder
 from dreamfusion.prior.train import PRIOR_BACKGROUND_COLOURFULNESS
-from dreamfusion.shading import ShadingMode
+from dreamfusion.render.background import random_colours
+from dreamfusion.render.shading import ShadingMode
 from dreamfusion.world import (
     COLOUR_NAMES,
     KIND_NAMES,

@@ -27,8 +27,6 @@ from pathlib import Path
 import torch
 import trimesh
 
-from dreamfusion.background import SolidBackground
-from dreamfusion.cameras import orbit_cameras
 from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import load_run_field, volumetric_iou
 from dreamfusion.evaluation.image_text import ImageTextModel
@@ -42,10 +40,12 @@ from dreamfusion.evaluation.suite import (
 )
 from dreamfusion.evaluation.surface import albedo_delta_e, chamfer_to_scene
 from dreamfusion.export.mesh import MeshConfig, extract_mesh
-from dreamfusion.field import Field
-from dreamfusion.lights import LightConfig
-from dreamfusion.sampling import SamplingConfig
-from dreamfusion.validation import render_views
+from dreamfusion.fields.base import Field
+from dreamfusion.render.background import SolidBackground
+from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.lights import LightConfig
+from dreamfusion.render.sampling import SamplingConfig
+from dreamfusion.render.views import render_views
 from dreamfusion.world import CaptionError, Scene, is_held_out, scene_from_caption
 
 JUDGE = "judge"  # the model name that means the project's own world judge

@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dreamfusion.cameras import orbit_cameras
 from dreamfusion.evaluation.image_text import ImageTextModel
 from dreamfusion.evaluation.rprecision import r_precision, view_ranks
-from dreamfusion.lights import headlights
-from dreamfusion.shading import ShadingMode
+from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.lights import headlights
+from dreamfusion.render.shading import ShadingMode
 from dreamfusion.world import COLOUR_NAMES, Scene, caption_text, is_held_out, render_scene, scene_from_caption
 
 SEEDS: tuple[int, ...] = (0, 1)  # two runs per caption, as the paper (App. A.3)

@@ -25,7 +25,7 @@ from scipy.spatial import cKDTree
 from skimage.color import deltaE_ciede2000, rgb2lab
 from torch import Tensor
 
-from dreamfusion.grid import CHUNK
+from dreamfusion.fields.grid import CHUNK
 from dreamfusion.world import Scene
 from dreamfusion.world.scenes import FIT_RADIUS
 

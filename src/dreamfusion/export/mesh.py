@@ -41,8 +41,8 @@ import trimesh
 from torch import Tensor
 
 from dreamfusion.errors import UserError
-from dreamfusion.field import Field
-from dreamfusion.grid import density_grid
+from dreamfusion.fields.base import Field
+from dreamfusion.fields.grid import density_grid
 
 HALF_OPACITY_DEPTH = math.log(2.0)  # optical depth at which transmittance is 0.5
 REFINE_STEPS = 8  # bisections per vertex in snap_to_surface: within 1/256 of a cell of the iso surface

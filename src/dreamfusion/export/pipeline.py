@@ -35,9 +35,9 @@ from dreamfusion.export.mesh import (
 )
 from dreamfusion.export.texture import TextureConfig, TexturedMesh, bake, unwrap
 from dreamfusion.export.video import TurntableConfig, write_turntable
-from dreamfusion.field import Field
+from dreamfusion.fields.base import Field
+from dreamfusion.fields.grid import density_grid
 from dreamfusion.files import free_dir
-from dreamfusion.grid import density_grid
 from dreamfusion.run.config import load_field, read_run_config
 
 AXES = "+Y up, front faces +Z (glTF); (x, y, z)_file = (y, z, x)_world, world = +Z up, front +X"

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
 from dreamfusion.export.raster import project, rasterize
 from dreamfusion.export.texture import TexturedMesh, sample_texture
-from dreamfusion.lights import LightConfig
-from dreamfusion.validation import ViewRenders
+from dreamfusion.render.cameras import Cameras
+from dreamfusion.render.lights import LightConfig
+from dreamfusion.render.views import ViewRenders
 
 
 def _downsample(image: Tensor, factor: int) -> Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
+from dreamfusion.render.cameras import Cameras
 
 NO_FACE = torch.iinfo(torch.int64).max
 # Candidates (face, pixel) tested at once: about 150 bytes each, so a few hundred MB at most.

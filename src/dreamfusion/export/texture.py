@@ -22,7 +22,7 @@ from torch import Tensor
 
 from dreamfusion.export.mesh import unit_vertex_normals
 from dreamfusion.export.raster import Fragments, rasterize
-from dreamfusion.field import Field
+from dreamfusion.fields.base import Field
 
 CHUNK = 65536  # field queries per call
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamfusion.cameras import orbit_cameras
 from dreamfusion.export.preview import render_mesh
 from dreamfusion.export.texture import TexturedMesh
-from dreamfusion.validation import ViewRenders, to_uint8
+from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.views import ViewRenders, to_uint8
 
 PANELS = ("shaded", "normals", "textureless", "depth")
 FOCAL_MULTIPLIER = 0.85  # as the validation cameras (orbit_cameras): a 61 deg field of view

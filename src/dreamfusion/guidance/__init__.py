@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from dreamfusion.device import prior_dtype
+from dreamfusion.fields.analytic import SHAPES
 from dreamfusion.guidance.base import Guidance, SDSConfig
-from dreamfusion.lights import LightConfig
-from dreamfusion.sampling import SamplingConfig
-from dreamfusion.shapes import SHAPES
+from dreamfusion.render.lights import LightConfig
+from dreamfusion.render.sampling import SamplingConfig
 
 # guidance.target_shape: a named test object, or "prompt": the procedural world's scene of the run's prompt.
 TARGET_PROMPT = "prompt"
@@ -111,8 +111,8 @@ def build_guidance(
                 config.cpu_offload,
             )
         case "target":
+            from dreamfusion.fields.analytic import AnalyticField, SceneField
             from dreamfusion.guidance.target import TargetGuidance
-            from dreamfusion.shapes import AnalyticField, SceneField
             from dreamfusion.world import scene_from_caption
 
             if config.target_shape == TARGET_PROMPT:

@@ -20,7 +20,7 @@ from typing import Literal, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
+from dreamfusion.render.cameras import Cameras
 
 
 class NoisePrediction(NamedTuple):

@@ -17,10 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
 from dreamfusion.files import atomic_path, dreamfusion_cache
 from dreamfusion.guidance.base import Guidance, TextEmbeddings
 from dreamfusion.prompts import VIEW_WORDS, PromptConfig, validate_prompt, view_word, with_view
+from dreamfusion.render.cameras import Cameras
 
 log = logging.getLogger("dreamfusion")
 

@@ -28,8 +28,8 @@ from dreamfusion.guidance.components import (
     square_size,
     unet_config,
 )
+from dreamfusion.guidance.diffusion import FrozenPrior
 from dreamfusion.guidance.hub import resolve_model
-from dreamfusion.guidance.prior import FrozenPrior
 from dreamfusion.guidance.text_encoder import PromptEncoder
 
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")

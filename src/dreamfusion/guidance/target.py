@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dreamfusion.fields.analytic import SDFField
 from dreamfusion.guidance.base import GuidanceOutput, TextEmbeddings, ViewBatch
-from dreamfusion.renderer import render
-from dreamfusion.sampling import SamplingConfig
-from dreamfusion.shading import ShadingMode
-from dreamfusion.shapes import SDFField
+from dreamfusion.render.renderer import render
+from dreamfusion.render.sampling import SamplingConfig
+from dreamfusion.render.shading import ShadingMode
 
 
 class TargetGuidance:

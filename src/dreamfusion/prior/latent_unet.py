@@ -30,7 +30,7 @@ from dreamfusion.config import dump_yaml
 from dreamfusion.prior.ema import EMA
 from dreamfusion.prior.stage import LoopConfig
 from dreamfusion.prior.text_pretrain import tokenize
-from dreamfusion.schedules import WarmupCosine
+from dreamfusion.training.schedules import WarmupCosine
 
 Weighting = Literal["v", "min-snr", "lognormal"]
 

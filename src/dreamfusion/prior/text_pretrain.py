@@ -29,7 +29,7 @@ from dreamfusion.config import dump_yaml
 from dreamfusion.prior.dataset import Dataset
 from dreamfusion.prior.model import small_clip_text_config
 from dreamfusion.prior.stage import LoopConfig
-from dreamfusion.schedules import WarmupCosine
+from dreamfusion.training.schedules import WarmupCosine
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,20 @@ from pathlib import Path
 
 import torch
 
-from dreamfusion.background import BackgroundConfig
-from dreamfusion.cameras import CameraConfig
 from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
 from dreamfusion.config import from_dict, load_yaml_overrides
 from dreamfusion.errors import UserError
-from dreamfusion.field import Field, FieldConfig, build_field
+from dreamfusion.fields import FieldConfig, build_field
+from dreamfusion.fields.base import Field
 from dreamfusion.guidance import GuidanceConfig
 from dreamfusion.guidance.base import Guidance
-from dreamfusion.lights import LightConfig
-from dreamfusion.losses import LossConfig
 from dreamfusion.prompts import PromptConfig
-from dreamfusion.sampling import SamplingConfig
-from dreamfusion.shading import ShadingConfig
+from dreamfusion.render.background import BackgroundConfig
+from dreamfusion.render.cameras import CameraConfig
+from dreamfusion.render.lights import LightConfig
+from dreamfusion.render.sampling import SamplingConfig
+from dreamfusion.render.shading import ShadingConfig
+from dreamfusion.training.losses import LossConfig
 
 
 @dataclass(frozen=True)

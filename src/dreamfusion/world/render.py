@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.background import random_colours
-from dreamfusion.cameras import CameraConfig, Cameras, sample_cameras
-from dreamfusion.lights import LightConfig, sample_point_lights
 from dreamfusion.prompts import PromptConfig, view_word, with_view
-from dreamfusion.rays import camera_rays
-from dreamfusion.shading import shade
+from dreamfusion.render.background import random_colours
+from dreamfusion.render.cameras import CameraConfig, Cameras, sample_cameras
+from dreamfusion.render.lights import LightConfig, sample_point_lights
+from dreamfusion.render.rays import camera_rays
+from dreamfusion.render.shading import shade
 from dreamfusion.world.captions import sample_training_captions
 from dreamfusion.world.objects import KIND_NAMES, colour_rgb, kind, kind_geometry, part_albedo
 from dreamfusion.world.scenes import Scene, scene_id

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
+from dreamfusion.render.cameras import Cameras
 
 
 @dataclass(frozen=True)

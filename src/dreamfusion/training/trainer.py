@@ -17,23 +17,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dreamfusion.background import build_background
-from dreamfusion.cameras import orbit_cameras, sample_cameras
 from dreamfusion.checkpoint import Checkpoint, save_checkpoint
 from dreamfusion.config import dump_yaml
 from dreamfusion.errors import UserError
-from dreamfusion.field import build_field
+from dreamfusion.fields import build_field
 from dreamfusion.guidance.base import Guidance, ViewBatch
 from dreamfusion.guidance.embeddings import PromptEmbeddings
-from dreamfusion.lights import sample_point_lights
-from dreamfusion.losses import opacity_loss, orientation_loss
-from dreamfusion.renderer import render
+from dreamfusion.render.background import build_background
+from dreamfusion.render.cameras import orbit_cameras, sample_cameras
+from dreamfusion.render.lights import sample_point_lights
+from dreamfusion.render.renderer import render
+from dreamfusion.render.sampling import OccupancyGrid
+from dreamfusion.render.shading import ShadingMode, choose_shading
+from dreamfusion.render.views import grid_image, render_views, save_png_atomic
 from dreamfusion.run.config import CHECKPOINT_FORMAT, Config, render_resolution
 from dreamfusion.run.log import append_record, prune_checkpoints, truncate_records
-from dreamfusion.sampling import OccupancyGrid
-from dreamfusion.schedules import LinearRamp, WarmupCosine
-from dreamfusion.shading import ShadingMode, choose_shading
-from dreamfusion.validation import grid_image, render_views, save_png_atomic
+from dreamfusion.training.losses import opacity_loss, orientation_loss
+from dreamfusion.training.schedules import LinearRamp, WarmupCosine
 
 
 @dataclass(frozen=True)

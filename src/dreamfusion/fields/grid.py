@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dreamfusion.field import Field
+from dreamfusion.fields.base import Field
 
 # Points per field or SDF call: bounds memory at 128^3 = 2.1M grid points.
 CHUNK = 65536

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dreamfusion.field import init_linear
+from dreamfusion.fields.base import init_linear
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.field import Field, FieldOutput, autograd_normals
+from dreamfusion.fields.base import Field, FieldOutput, autograd_normals
 
 if TYPE_CHECKING:  # the world imports the guidance package, which imports this module
     from dreamfusion.world import Scene

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamfusion.rays import Rays, sphere_intersection
+from dreamfusion.render.rays import Rays, sphere_intersection
 
 
 @dataclass(frozen=True)

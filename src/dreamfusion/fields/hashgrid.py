@@ -2,8 +2,9 @@
 
 This is the representation GPU users of stable-dreamfusion and threestudio know; no CUDA extension is needed,
 so the same code runs on a CPU and on CUDA. Each of L levels is a grid of resolution R_l (geometric from
-`hash_base_resolution` to `hash_max_resolution`). A point's feature at a level is the trilinear interpolation
-of the 8 surrounding vertices' F-vectors, read from that level's table of T = 2^hash_log2_table_size entries:
+`base_resolution` to `max_resolution` of `field.hashgrid`). A point's feature at a level is the trilinear
+interpolation of the 8 surrounding vertices' F-vectors, read from that level's table of T = 2^log2_table_size
+entries:
 - coarse levels whose grid fits the table are indexed densely (no collisions),
 - finer levels hash the vertex: (x * 1) xor (y * 2654435761) xor (z * 805459861) mod T (Instant-NGP sec. 3).
 The L*F features go through a one-hidden-layer MLP to the density pre-activation (plus the App. A.2 blob)
@@ -26,16 +27,16 @@ Speed, measured on a 2-core CPU (benchmarks/bench_field.py):
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from dreamfusion.field import (
+from dreamfusion.fields.base import (
     Field,
-    FieldConfig,
     FieldOutput,
     blob_preactivation,
     blob_preactivation_gradient,
@@ -53,6 +54,33 @@ TABLE_INIT_RANGE = 1e-4  # uniform(-1e-4, 1e-4), Instant-NGP sec. 4
 # processes, 4096 took 17 s per step, 16384 3 s, one chunk 2 s. 16384 is the compromise. On CUDA one chunk
 # covers all points.
 CPU_CHUNK_POINTS = 16384
+
+
+if TYPE_CHECKING:
+    from dreamfusion.fields import FieldConfig
+
+
+@dataclass(frozen=True)
+class HashGridConfig:
+    """`field.hashgrid`: Instant-NGP's levels and tables (its defaults)."""
+
+    levels: int = 16
+    features_per_level: int = 2
+    log2_table_size: int = 16
+    base_resolution: int = 16
+    max_resolution: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("levels", "features_per_level", "base_resolution"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_resolution < self.base_resolution:
+            raise ValueError("max_resolution must be >= base_resolution")
+        if not 8 <= self.log2_table_size <= 26:
+            raise ValueError(f"log2_table_size must be in [8, 26], got {self.log2_table_size}")
+
+    def build(self, config: FieldConfig, generator: torch.Generator | None) -> Field:
+        return HashGridField(config, generator)
 
 
 def level_resolutions(levels: int, base: int, finest: int) -> list[int]:
@@ -91,13 +119,14 @@ class HashGridField(Field):
         super().__init__()
         self.config = config
         self.bound = config.bound
-        levels, features = config.hash_levels, config.hash_features_per_level
-        self.table_size = 2**config.hash_log2_table_size
-        self.resolutions = level_resolutions(levels, config.hash_base_resolution, config.hash_max_resolution)
+        grid = config.hashgrid
+        levels, features = grid.levels, grid.features_per_level
+        self.table_size = 2**grid.log2_table_size
+        self.resolutions = level_resolutions(levels, grid.base_resolution, grid.max_resolution)
         # Per-level constants, shaped (L, 1) / (3, L, 1) to broadcast against (..., L, N).
         resolution = torch.tensor(self.resolutions, dtype=torch.float32)[:, None]
         self.register_buffer("_resolution", resolution, persistent=False)
-        multiplier = level_multipliers(self.resolutions, config.hash_log2_table_size)[:, :, None]
+        multiplier = level_multipliers(self.resolutions, grid.log2_table_size)[:, :, None]
         self.register_buffer("_multiplier", multiplier, persistent=False)
         level_offset = torch.arange(levels, dtype=torch.int64)[:, None] * self.table_size
         self.register_buffer("_level_offset", level_offset, persistent=False)

@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from dreamfusion.background import Background
-from dreamfusion.cameras import Cameras
-from dreamfusion.field import Field
+from dreamfusion.fields.base import Field
 from dreamfusion.files import atomic_path
-from dreamfusion.lights import LightConfig, headlights
-from dreamfusion.renderer import render
-from dreamfusion.sampling import OccupancyGrid, SamplingConfig
-from dreamfusion.shading import ShadingMode
+from dreamfusion.render.background import Background
+from dreamfusion.render.cameras import Cameras
+from dreamfusion.render.lights import LightConfig, headlights
+from dreamfusion.render.renderer import render
+from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig
+from dreamfusion.render.shading import ShadingMode
 
 ROWS = ("shaded", "albedo", "textureless", "normals")
 

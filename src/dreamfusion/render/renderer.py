@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
-from dreamfusion.field import Field
-from dreamfusion.rays import camera_rays
-from dreamfusion.sampling import OccupancyGrid, SamplingConfig, stratified_samples
-from dreamfusion.shading import shade
-from dreamfusion.volume_rendering import composite, compositing_weights
+from dreamfusion.fields.base import Field
+from dreamfusion.render.cameras import Cameras
+from dreamfusion.render.rays import camera_rays
+from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig, stratified_samples
+from dreamfusion.render.shading import shade
+from dreamfusion.render.volume_rendering import composite, compositing_weights
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from dreamfusion.guidance.base import ViewBatch
 from dreamfusion.guidance.embeddings import default_cache_dir
 from dreamfusion.render.cameras import sample_cameras
 from dreamfusion.render.lights import sample_point_lights
-from dreamfusion.render.renderer import render
+from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.shading import ShadingMode, choose_shading
 from dreamfusion.run.config import Config
 from dreamfusion.testing.tiny_models import (
@@ -226,29 +226,23 @@ def phased_step(trainer: Trainer, unet: UNetClock) -> dict[str, float]:
     render(
         trainer.field,
         cameras,
-        lambda d: trainer.background(d, probe_rng),
-        lights,
-        torch.full_like(modes, int(ShadingMode.ALBEDO)),
-        cfg.sampling,
-        cfg.light.ambient,
-        cfg.light.diffuse,
-        False,
-        trainer.occupancy,
-        probe_rng,
+        RenderSettings.of(cfg.sampling, cfg.light),
+        background=lambda d: trainer.background(d, probe_rng),
+        lights=lights,
+        modes=torch.full_like(modes, int(ShadingMode.ALBEDO)),
+        occupancy=trainer.occupancy,
+        generator=probe_rng,
     )
     t1 = time.perf_counter()
     out = render(
         trainer.field,
         cameras,
-        lambda d: trainer.background(d, rng),
-        lights,
-        modes,
-        cfg.sampling,
-        cfg.light.ambient,
-        cfg.light.diffuse,
-        with_normals,
-        trainer.occupancy,
-        rng,
+        RenderSettings.of(cfg.sampling, cfg.light, with_normals),
+        background=lambda d: trainer.background(d, rng),
+        lights=lights,
+        modes=modes,
+        occupancy=trainer.occupancy,
+        generator=rng,
     )
     images = out.image.permute(0, 3, 1, 2)
     t2 = time.perf_counter()

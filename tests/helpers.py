@@ -9,8 +9,7 @@ import torch
 from dreamfusion.config import apply_overrides
 from dreamfusion.guidance import build_guidance
 from dreamfusion.render.cameras import orbit_cameras
-from dreamfusion.render.lights import LightConfig
-from dreamfusion.render.renderer import render
+from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.sampling import SamplingConfig
 from dreamfusion.render.shading import ShadingMode
 from dreamfusion.run.config import Config
@@ -53,13 +52,10 @@ def silhouettes(field, resolution: int = 48, views: int = 8) -> torch.Tensor:
         out = render(
             field,
             cameras,
-            lambda d: torch.ones_like(d),
-            cameras.position,
-            torch.full((views,), int(ShadingMode.ALBEDO)),
-            SamplingConfig(samples_per_ray=96),
-            LightConfig().ambient,
-            LightConfig().diffuse,
-            with_normals=False,
+            RenderSettings(SamplingConfig(samples_per_ray=96)),
+            background=lambda d: torch.ones_like(d),
+            lights=cameras.position,
+            modes=torch.full((views,), int(ShadingMode.ALBEDO)),
         )
     return out.opacity
 

@@ -4,7 +4,7 @@ import torch
 
 from dreamfusion.fields.analytic import AnalyticField
 from dreamfusion.render.cameras import orbit_cameras
-from dreamfusion.render.renderer import render
+from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig
 from dreamfusion.render.shading import ShadingMode
 
@@ -13,14 +13,11 @@ def _render(field, cams, occupancy=None, mode=ShadingMode.ALBEDO, with_normals=F
     return render(
         field,
         cams,
-        lambda d: torch.zeros_like(d),
-        cams.position,
-        torch.full((cams.batch_size,), int(mode)),
-        SamplingConfig(samples_per_ray=samples),
-        0.1,
-        0.9,
-        with_normals,
-        occupancy,
+        RenderSettings(SamplingConfig(samples_per_ray=samples), 0.1, 0.9, with_normals),
+        background=lambda d: torch.zeros_like(d),
+        lights=cams.position,
+        modes=torch.full((cams.batch_size,), int(mode)),
+        occupancy=occupancy,
     )
 
 

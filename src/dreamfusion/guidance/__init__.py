@@ -113,6 +113,7 @@ def build_guidance(
         case "target":
             from dreamfusion.fields.analytic import AnalyticField, SceneField
             from dreamfusion.guidance.target import TargetGuidance
+            from dreamfusion.render.renderer import RenderSettings
             from dreamfusion.world import scene_from_caption
 
             if config.target_shape == TARGET_PROMPT:
@@ -121,6 +122,6 @@ def build_guidance(
             else:
                 target, name = AnalyticField(config.target_shape), config.target_shape
             size = resolution or 64
-            return TargetGuidance(target, name, sampling, light.ambient, light.diffuse, size)
+            return TargetGuidance(target, name, RenderSettings.of(sampling, light), size)
         case _:
             raise ValueError(f"unknown guidance kind {config.kind!r}")

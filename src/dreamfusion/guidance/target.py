@@ -10,6 +10,7 @@ prior can get from them (benchmarks/table1.py's "fit to true renders" row).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -17,8 +18,7 @@ from torch import Tensor
 
 from dreamfusion.fields.analytic import SDFField
 from dreamfusion.guidance.base import GuidanceOutput, TextEmbeddings, ViewBatch
-from dreamfusion.render.renderer import render
-from dreamfusion.render.sampling import SamplingConfig
+from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.shading import ShadingMode
 
 
@@ -27,16 +27,12 @@ class TargetGuidance:
         self,
         target: SDFField,
         name: str,
-        sampling: SamplingConfig,
-        ambient: float,
-        diffuse: float,
+        settings: RenderSettings,
         image_size: int,
     ):
         self.target = target
         self.name = name  # what the target is, e.g. "sphere" or a world caption
-        self.sampling = sampling
-        self.ambient = ambient
-        self.diffuse = diffuse
+        self.settings = settings  # the run's sampling and light; normals are chosen per batch
         self.image_size = image_size
 
     def cache_key(self) -> str:
@@ -48,16 +44,14 @@ class TargetGuidance:
     def target_images(self, views: ViewBatch) -> Tensor:
         """(B, 3, H, W) renders of the known object from the given views."""
         with torch.no_grad():
+            with_normals = bool((views.modes != ShadingMode.ALBEDO).any())
             out = render(
                 self.target,
                 views.cameras,
-                lambda _: views.background,
-                views.lights,
-                views.modes,
-                self.sampling,
-                self.ambient,
-                self.diffuse,
-                with_normals=bool((views.modes != ShadingMode.ALBEDO).any()),
+                dataclasses.replace(self.settings, with_normals=with_normals),
+                background=lambda _: views.background,
+                lights=views.lights,
+                modes=views.modes,
             )
         return out.image.permute(0, 3, 1, 2)
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from dreamfusion.fields.base import Field
 from dreamfusion.render.cameras import Cameras
+from dreamfusion.render.lights import LightConfig
 from dreamfusion.render.rays import camera_rays
 from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig, stratified_samples
 from dreamfusion.render.shading import shade
@@ -29,16 +30,29 @@ class RenderOutput:
     background: Tensor  # (B, H, W, 3) the background behind the object
 
 
+@dataclass(frozen=True)
+class RenderSettings:
+    """How images are drawn, apart from what is drawn: the samples along each ray, the light's strength, and
+    whether normals are computed (needed by lit and textureless shading and by the orientation loss)."""
+
+    sampling: SamplingConfig = SamplingConfig()
+    ambient: float = LightConfig.ambient
+    diffuse: float = LightConfig.diffuse
+    with_normals: bool = False
+
+    @classmethod
+    def of(cls, sampling: SamplingConfig, light: LightConfig, with_normals: bool = False) -> RenderSettings:
+        return cls(sampling, light.ambient, light.diffuse, with_normals)
+
+
 def render(
     field: Field,
     cameras: Cameras,
+    settings: RenderSettings,
+    *,
     background: Callable[[Tensor], Tensor],
     lights: Tensor,
     modes: Tensor,
-    sampling: SamplingConfig,
-    ambient: float,
-    diffuse: float,
-    with_normals: bool,
     occupancy: OccupancyGrid | None = None,
     generator: torch.Generator | None = None,
 ) -> RenderOutput:
@@ -52,14 +66,14 @@ def render(
     device = cameras.c2w.device
     rays = camera_rays(cameras)
     background_image = background(rays.directions)
-    samples = stratified_samples(rays, field.bound, sampling, generator)
+    samples = stratified_samples(rays, field.bound, settings.sampling, generator)
     r, s = samples.deltas.shape
     flat_points = samples.points.reshape(-1, 3)
     active = samples.deltas.reshape(-1) > 0
     if occupancy is not None:
         active = active & occupancy.lookup(flat_points)
     idx = active.nonzero().squeeze(-1)
-    out = field(flat_points[idx], with_normals=with_normals)
+    out = field(flat_points[idx], with_normals=settings.with_normals)
 
     image_of_sample = idx // (h * w * s)
     colour = shade(
@@ -68,8 +82,8 @@ def render(
         flat_points[idx],
         lights.to(device)[image_of_sample],
         modes.to(device)[image_of_sample],
-        ambient,
-        diffuse,
+        settings.ambient,
+        settings.diffuse,
     )
     density = flat_points.new_zeros(r * s).index_put((idx,), out.density).view(r, s)
     colours = flat_points.new_zeros(r * s, 3).index_put((idx,), colour).view(r, s, 3)

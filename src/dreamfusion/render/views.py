@@ -18,7 +18,7 @@ from dreamfusion.files import atomic_path
 from dreamfusion.render.background import Background
 from dreamfusion.render.cameras import Cameras
 from dreamfusion.render.lights import LightConfig, headlights
-from dreamfusion.render.renderer import render
+from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig
 from dreamfusion.render.shading import ShadingMode
 
@@ -48,6 +48,7 @@ def render_views(
     results: dict[str, list[Tensor]] = {
         k: [] for k in ("shaded", "albedo", "textureless", "normals", "opacity", "depth")
     }
+    settings = RenderSettings.of(sampling, light, with_normals=True)
     for v in range(cameras.batch_size):
         view = Cameras(
             cameras.c2w[v : v + 1],
@@ -67,13 +68,10 @@ def render_views(
             out = render(
                 field,
                 view,
-                lambda d: background(d, None),
-                lights,
-                torch.tensor([int(mode)]),
-                sampling,
-                light.ambient,
-                light.diffuse,
-                with_normals=True,
+                settings,
+                background=lambda d: background(d, None),
+                lights=lights,
+                modes=torch.tensor([int(mode)]),
                 occupancy=occupancy,
             )
             results[name].append(out.image[0].clamp(0, 1))

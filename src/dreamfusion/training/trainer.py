@@ -26,7 +26,7 @@ from dreamfusion.guidance.embeddings import PromptEmbeddings
 from dreamfusion.render.background import build_background
 from dreamfusion.render.cameras import orbit_cameras, sample_cameras
 from dreamfusion.render.lights import sample_point_lights
-from dreamfusion.render.renderer import render
+from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.sampling import OccupancyGrid
 from dreamfusion.render.shading import ShadingMode, choose_shading
 from dreamfusion.render.views import grid_image, render_views, save_png_atomic
@@ -111,15 +111,12 @@ class Trainer:
         out = render(
             self.field,
             cameras,
-            lambda d: self.background(d, rng),
-            lights,
-            modes,
-            cfg.sampling,
-            cfg.light.ambient,
-            cfg.light.diffuse,
-            with_normals,
-            self.occupancy,
-            rng,
+            RenderSettings.of(cfg.sampling, cfg.light, with_normals),
+            background=lambda d: self.background(d, rng),
+            lights=lights,
+            modes=modes,
+            occupancy=self.occupancy,
+            generator=rng,
         )
         images = out.image.permute(0, 3, 1, 2)  # (B, 3, H, W)
 

@@ -16,7 +16,7 @@ rows are averaged over runs, split into held-in and held-out prompts:
 | fit to true renders | only when `--rows` names it: the exact scene's renders replace the prior (below) |
 
 "fit to true renders" swaps the prior for the `target` guidance with the world's exact scene
-(`guidance.kind=target`, `guidance.target_shape=prompt`) at the prior's 32x32: the same cameras, lights,
+(`guidance.kind=target`, `guidance.target.shape=prompt`) at the prior's 32x32: the same cameras, lights,
 field, optimiser and steps, with a perfect 2D teacher. It measures the ceiling of everything but the prior.
 
 Columns: R-Precision Color and Geo (the judge, or `--model` CLIP), volumetric IoU, Chamfer distance (world
@@ -80,7 +80,7 @@ ROWS = (
 EXTRA_ROWS = (
     Row(
         "fit to true renders",
-        ("guidance.kind=target", "guidance.target_shape=prompt", "train.resolution=32"),
+        ("guidance.kind=target", "guidance.target.shape=prompt", "train.resolution=32"),
     ),
 )
 

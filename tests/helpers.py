@@ -22,7 +22,7 @@ def target_config(shape: str = "sphere", steps: int = 40, resolution: int = 32, 
     """A small run with the target guidance: cheap enough for a unit test."""
     overrides = [
         "guidance.kind=target",
-        f"guidance.target_shape={shape}",
+        f"guidance.target.shape={shape}",
         f"train.steps={steps}",
         f"train.resolution={resolution}",
         "train.checkpoint_every=10",

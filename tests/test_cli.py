@@ -141,7 +141,7 @@ def test_generate_rejects_bad_input(capsys, tmp_path, tiny_sd, argv, expected):
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [
-        ("guidance.target_shape=cube", "target_shape"),
+        ("guidance.target.shape=cube", "shape must be one of"),
         ("guidance.sds.t_min=0.99", "t_min"),
         ("guidance.sds.grad_clip=-1", "grad_clip"),
         ("field.kind=voxels", "kind"),
@@ -473,7 +473,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
 
 
 def test_target_guidance_fits_a_world_prompt_and_refuses_a_foreign_one(capsys, tmp_path):
-    target = ["--preset", "target", "--set", "guidance.target_shape=prompt", "--steps", "2", *SMALL]
+    target = ["--preset", "target", "--set", "guidance.target.shape=prompt", "--steps", "2", *SMALL]
     code, stdout, err = cli(capsys, "generate", "a red cube", "--out", str(tmp_path / "cube"), *target)
     assert code == 0, err
     assert "exact scene" in err and (tmp_path / "cube" / "config.yaml").is_file()

@@ -38,9 +38,10 @@ from dreamfusion.device import pick_device, use_cpu_threads
 from dreamfusion.errors import UserError
 from dreamfusion.export.command import add_export_command
 from dreamfusion.files import dreamfusion_cache
-from dreamfusion.guidance import DEFAULT_MODELS, KINDS, TARGET_PROMPT, build_guidance
+from dreamfusion.guidance import BACKENDS, build_guidance
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.guidance.embeddings import default_cache_dir
+from dreamfusion.guidance.hub import quiet_diffusers_and_transformers
 from dreamfusion.prompts import validate_prompt
 from dreamfusion.run.config import Config, load_latest, read_run_config
 from dreamfusion.run.folder import (
@@ -79,7 +80,7 @@ Run `dreamfusion COMMAND --help` for the options of a command.
 
 DEFAULT_MODEL_LINES = "\n".join(
     f"  {kind:<18}{model}"
-    for kind, model in {"builtin": "inside the package (verified by sha256)", **DEFAULT_MODELS}.items()
+    for kind, model in {kind: b.about or b.default_model for kind, b in BACKENDS.items()}.items()
 )
 
 GENERATE_EPILOG = f"""\
@@ -123,8 +124,8 @@ def preset_overrides(name_or_path: str) -> dict[str, Any]:
 
 
 def default_preset(guidance: str | None) -> str:
-    """The built-in prior's tuned settings when it is the prior (or none is named); else the paper's."""
-    return "builtin" if guidance in (None, "builtin") else "paper"
+    """The backend's own preset (the built-in prior's tuned settings when none is named)."""
+    return BACKENDS[guidance or "builtin"].preset
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -171,20 +172,7 @@ def absolute_if_local(model: str | None) -> str | None:
 # The prior
 
 
-def quiet_diffusers_and_transformers() -> None:
-    """Their loading progress bars and advice would bury ours; real problems reach us as exceptions.
-    Imported here, not at the top, so that `--help` and the target guidance do not pay for the import."""
-    import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
-
-    for library in (transformers_logging, diffusers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-
-
 def load_guidance(config: Config, device: torch.device) -> Guidance:
-    if config.guidance.kind != "target":
-        quiet_diffusers_and_transformers()
     return build_guidance(
         config.guidance,
         device,
@@ -256,42 +244,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
             lock.abandon()  # nothing was written: leave nothing behind
             raise
         write_run_config(run_dir, dump_yaml(trainer.config))  # with what the prior decided, e.g. the size
-        return start_training(config, trainer, run_dir, requested, args)
+        return start_training(trainer, run_dir, requested, args)
 
 
-def start_training(
-    config: Config, trainer: Trainer, run_dir: Path, requested: Path, args: argparse.Namespace
-) -> int:
+def start_training(trainer: Trainer, run_dir: Path, requested: Path, args: argparse.Namespace) -> int:
     if run_dir != requested:
         log.warning("%s already exists and is not empty; writing to %s", requested, run_dir)
-    if config.guidance.kind == "builtin":
-        warn_unknown_words(config.prompt.text)
-    if config.guidance.kind == "target":
-        if config.guidance.target_shape == TARGET_PROMPT:
-            log.warning("the target guidance reconstructs the world's exact scene of the prompt: no prior")
-        else:
-            log.warning(
-                "the target guidance ignores the prompt: it reconstructs a known %r",
-                config.guidance.target_shape,
-            )
-        if config.guidance.model is not None:
-            log.warning("the target guidance uses no model; guidance.model is ignored")
+    for warning in trainer.guidance.warnings:
+        log.warning("%s", warning)
     print(f"run folder: {run_dir}")
     return run_training(trainer, run_dir, show_progress(args))
-
-
-def warn_unknown_words(prompt: str) -> None:
-    """The built-in prior knows only the procedural world's words; others still run, with a warning."""
-    from dreamfusion.world import unknown_words
-
-    unknown = unknown_words(prompt)
-    if unknown:
-        log.warning(
-            "the built-in prior has never seen %s %s; it knows a small world of coloured shapes "
-            "(see: dreamfusion prior vocab)",
-            "the word" if len(unknown) == 1 else "the words",
-            ", ".join(repr(w) for w in unknown),
-        )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -709,9 +671,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", metavar="PROMPT", help='what to make, e.g. "a red mug"')
     g.add_argument(
         "--guidance",
-        choices=KINDS,
+        choices=list(BACKENDS),
         metavar="KIND",
-        help=f"the prior: {', '.join(KINDS)} (default: from the preset; builtin, the prior shipped with "
+        help=f"the prior: {', '.join(BACKENDS)} (default: from the preset; builtin, the prior shipped with "
         "dreamfusion)",
     )
     g.add_argument(

@@ -8,6 +8,7 @@ from dreamfusion.config import apply_overrides
 from dreamfusion.evaluation.geometry import compare_occupancy
 from dreamfusion.fields.analytic import SceneField
 from dreamfusion.guidance import GuidanceConfig, build_guidance
+from dreamfusion.guidance.target import TargetConfig
 from dreamfusion.render.lights import LightConfig
 from dreamfusion.render.sampling import SamplingConfig
 from dreamfusion.run.config import Config
@@ -33,7 +34,7 @@ def test_scene_field_colours_each_object():
 
 
 def test_prompt_target_reconstructs_the_prompts_scene():
-    config = GuidanceConfig(kind="target", target_shape="prompt")
+    config = GuidanceConfig(kind="target", target=TargetConfig(shape="prompt"))
     args = (CPU, 0, SamplingConfig(), LightConfig(), 16)
     guidance = build_guidance(config, *args, prompt="a photo of a green torus, side view")
     assert guidance.cache_key() == "target:a green torus"
@@ -49,5 +50,5 @@ def test_a_named_shape_is_still_the_default_target():
 
 
 def test_unknown_target_is_a_config_error():
-    with pytest.raises(ValueError, match="target_shape"):
-        GuidanceConfig(kind="target", target_shape="dragon")
+    with pytest.raises(ValueError, match="shape"):
+        TargetConfig(shape="dragon")

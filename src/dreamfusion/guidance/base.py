@@ -60,6 +60,8 @@ class Guidance(Protocol):
     """What the trainer needs from a prior. Implementations: stable_diffusion, pixel_diffusion, target."""
 
     image_size: int  # the square resolution the model denoises at (renders are resized to it)
+    render_size: int  # the square size it wants renders drawn at, unless train.resolution says otherwise
+    warnings: tuple[str, ...]  # what a user should know about this run's guidance, logged when it starts
 
     def cache_key(self) -> str:
         """Identifies the text encoder's weights, for the on-disk text-embedding cache."""
@@ -81,6 +83,14 @@ class Guidance(Protocol):
 
 
 Weighting = Literal["sigma2", "uniform"]
+
+
+@dataclass(frozen=True)
+class DiffusersConfig:
+    """`guidance.diffusers`: memory options of the two diffusers backends (pixel, stable-diffusion)."""
+
+    attention_slicing: bool = False  # lower peak memory on small GPUs, slower
+    cpu_offload: bool = False  # keep the prior's modules on the CPU between uses (CUDA only)
 
 
 @dataclass(frozen=True)

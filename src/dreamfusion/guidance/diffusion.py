@@ -17,6 +17,8 @@ from dreamfusion.guidance.text_encoder import PromptEncoder
 class FrozenPrior:
     """Base of the Stable Diffusion and pixel-space backends, which add how renders become U-Net input."""
 
+    warnings: tuple[str, ...] = ()
+
     def __init__(
         self,
         text: PromptEncoder,

@@ -238,3 +238,14 @@ def _check_components(folder: ModelFolder, components: Sequence[str], hint: str)
             f"model {folder.name!r} ({folder.path}) lacks {', '.join(missing)} (configs and weights): {hint} "
             f"with {needed}"
         )
+
+
+def quiet_diffusers_and_transformers() -> None:
+    """Their loading progress bars and advice would bury ours; real problems reach us as exceptions.
+    Imported here, not at the top, so that `--help` and the target guidance do not pay for the import."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (transformers_logging, diffusers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()

@@ -8,6 +8,8 @@ back through the resize to the render.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
@@ -29,10 +31,13 @@ from dreamfusion.guidance.components import (
     unet_config,
 )
 from dreamfusion.guidance.diffusion import FrozenPrior
-from dreamfusion.guidance.hub import resolve_model
+from dreamfusion.guidance.hub import quiet_diffusers_and_transformers, resolve_model
 from dreamfusion.guidance.text_encoder import PromptEncoder
 
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+if TYPE_CHECKING:
+    from dreamfusion.guidance import GuidanceConfig, GuidanceContext
 
 
 class PixelDiffusionGuidance(FrozenPrior):
@@ -68,6 +73,7 @@ class PixelDiffusionGuidance(FrozenPrior):
         # IF predicts eps and, in channels 3..5, its variance interpolation (learned_range); SDS needs eps.
         super().__init__(text_encoder, unet, alphas_cumprod, prediction_type, 3, sds, device, dtype, seed)
         self.image_size = square_size(config["sample_size"], model)
+        self.render_size = self.image_size  # renders are what a pixel prior denoises
 
     def __call__(
         self, images: Tensor, text: TextEmbeddings, step: int, views: ViewBatch | None = None
@@ -86,3 +92,19 @@ class PixelDiffusionGuidance(FrozenPrior):
                 pixel_grad, t = self.sds.gradient(pixels, self._predict_noise, text, step)
             image_grad = pull_back(pixels, leaf, pixel_grad).to(images.dtype)
         return GuidanceOutput(image_grad=image_grad, timesteps=t, grad_norm=float(image_grad.norm()))
+
+
+def build(config: GuidanceConfig, context: GuidanceContext) -> PixelDiffusionGuidance:
+    quiet_diffusers_and_transformers()
+    options = config.diffusers
+    model = config.model_id()
+    assert model is not None  # the pixel kind has a default model
+    return PixelDiffusionGuidance(
+        model,
+        config.sds,
+        context.device,
+        context.dtype,
+        context.seed,
+        options.attention_slicing,
+        options.cpu_offload,
+    )

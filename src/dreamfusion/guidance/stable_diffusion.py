@@ -8,6 +8,8 @@ pulled back through the encoder, so the trainer still receives d(loss)/d(image) 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -29,10 +31,16 @@ from dreamfusion.guidance.components import (
     unet_config,
 )
 from dreamfusion.guidance.diffusion import FrozenPrior
-from dreamfusion.guidance.hub import resolve_model
+from dreamfusion.guidance.hub import quiet_diffusers_and_transformers, resolve_model
 from dreamfusion.guidance.text_encoder import PromptEncoder
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# Renders are drawn at 64x64 and upsampled to the VAE's input size (512 for SD 2.1 base), as in
+# stable-dreamfusion; train.resolution overrides it.
+RENDER_SIZE = 64
+
+if TYPE_CHECKING:
+    from dreamfusion.guidance import GuidanceConfig, GuidanceContext
 
 
 class StableDiffusionGuidance(FrozenPrior):
@@ -87,6 +95,7 @@ class StableDiffusionGuidance(FrozenPrior):
         )
         vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_size = square_size(config["sample_size"], model) * vae_scale
+        self.render_size = RENDER_SIZE
 
     def __call__(
         self, images: Tensor, text: TextEmbeddings, step: int, views: ViewBatch | None = None
@@ -117,3 +126,19 @@ class StableDiffusionGuidance(FrozenPrior):
         shift = self.vae.config.shift_factor or 0.0
         # SDS runs in float32 (alphabar_t near 1 loses its digits in fp16); the U-Net gets its own dtype.
         return ((mean - shift) * self.vae.config.scaling_factor).float()
+
+
+def build(config: GuidanceConfig, context: GuidanceContext) -> StableDiffusionGuidance:
+    quiet_diffusers_and_transformers()
+    options = config.diffusers
+    model = config.model_id()
+    assert model is not None  # the stable-diffusion kind has a default model
+    return StableDiffusionGuidance(
+        model,
+        config.sds,
+        context.device,
+        context.dtype,
+        context.seed,
+        options.attention_slicing,
+        options.cpu_offload,
+    )

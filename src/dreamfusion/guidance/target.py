@@ -3,7 +3,7 @@
 It is not a text-to-image prior. It exists to prove that cameras, renderer, gradients and optimiser work
 together before any learned prior is involved (the issue's acceptance test, and `--guidance target` for a
 quick look). The gradient is that of 0.5 * ||render - target||^2. The text is ignored, except that the
-"prompt" target (`guidance.target_shape=prompt`) is the procedural world's exact scene for the prompt: a run
+"prompt" target (`guidance.target.shape=prompt`) is the procedural world's exact scene for the prompt: a run
 then shows what the optimiser, the field and the export make of a perfect 2D teacher, which bounds what any
 prior can get from them (benchmarks/table1.py's "fit to true renders" row).
 """
@@ -12,17 +12,62 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from dreamfusion.fields.analytic import SDFField
+from dreamfusion.fields.analytic import SHAPES, AnalyticField, SceneField, SDFField
 from dreamfusion.guidance.base import GuidanceOutput, TextEmbeddings, ViewBatch
 from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.shading import ShadingMode
 
+if TYPE_CHECKING:
+    from dreamfusion.guidance import GuidanceConfig, GuidanceContext
+
+# guidance.target.shape: a named test object, or "prompt": the procedural world's scene of the run's prompt.
+TARGET_PROMPT = "prompt"
+TARGETS = (*SHAPES, TARGET_PROMPT)
+RENDER_SIZE = 64  # without train.resolution
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """`guidance.target`: the known object to reconstruct, a name of fields.analytic.SHAPES or "prompt" (the
+    world's exact scene for the prompt, so a run shows what the optimiser makes of a perfect teacher)."""
+
+    shape: str = "sphere"
+
+    def __post_init__(self) -> None:
+        if self.shape not in TARGETS:
+            raise ValueError(f"shape must be one of {', '.join(TARGETS)}, got {self.shape!r}")
+
+
+def build(config: GuidanceConfig, context: GuidanceContext) -> TargetGuidance:
+    """The known object at the run's resolution, rendered with the run's sampling and light. The "prompt"
+    target is the world scene of the run's prompt (a CaptionError, one line, if it is not a world caption)."""
+    from dreamfusion.world import scene_from_caption
+
+    shape = config.target.shape
+    if shape == TARGET_PROMPT:
+        scene = scene_from_caption(context.prompt or "")
+        target, name = SceneField(scene), scene.caption()
+        warnings = ["the target guidance reconstructs the world's exact scene of the prompt: no prior"]
+    else:
+        target, name = AnalyticField(shape), shape
+        warnings = [f"the target guidance ignores the prompt: it reconstructs a known {shape!r}"]
+    if config.model is not None:
+        warnings.append("the target guidance uses no model; guidance.model is ignored")
+    settings = RenderSettings.of(context.sampling, context.light)
+    guidance = TargetGuidance(target, name, settings, context.resolution or RENDER_SIZE)
+    guidance.warnings = tuple(warnings)
+    return guidance
+
 
 class TargetGuidance:
+    warnings: tuple[str, ...] = ()
+
     def __init__(
         self,
         target: SDFField,
@@ -34,6 +79,7 @@ class TargetGuidance:
         self.name = name  # what the target is, e.g. "sphere" or a world caption
         self.settings = settings  # the run's sampling and light; normals are chosen per batch
         self.image_size = image_size
+        self.render_size = image_size
 
     def cache_key(self) -> str:
         return f"target:{self.name}"

@@ -94,16 +94,9 @@ class Config:
 CHECKPOINT_FORMAT = "step_{:07d}.safetensors"
 
 
-DEFAULT_RESOLUTION = 64
-
-
-def render_resolution(config: Config, guidance: Guidance | None = None) -> int:
-    """train.resolution if set; else a pixel prior's own (renders are what it denoises); else 64."""
-    if config.train.resolution is not None:
-        return config.train.resolution
-    if guidance is not None and config.guidance.kind in ("builtin", "pixel"):
-        return guidance.image_size
-    return DEFAULT_RESOLUTION
+def render_resolution(config: Config, guidance: Guidance) -> int:
+    """train.resolution if set, else the size the guidance asks for (a pixel prior's own)."""
+    return config.train.resolution or guidance.render_size
 
 
 def read_run_config(run_dir: Path) -> Config:

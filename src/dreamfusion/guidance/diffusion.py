@@ -4,6 +4,7 @@ called on both classifier-free-guidance halves, and the seeded SDS sampler."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -11,7 +12,13 @@ from torch import Tensor
 
 from dreamfusion.guidance.base import NoisePrediction, ScoreDistillation, SDSConfig, TextEmbeddings
 from dreamfusion.guidance.components import epsilon_from_output, per_image
+from dreamfusion.guidance.hub import quiet_diffusers_and_transformers
 from dreamfusion.guidance.text_encoder import PromptEncoder
+
+if TYPE_CHECKING:
+    from dreamfusion.guidance import GuidanceConfig, GuidanceContext
+
+Backend = TypeVar("Backend", bound="FrozenPrior")
 
 
 class FrozenPrior:
@@ -68,3 +75,21 @@ class FrozenPrior:
         eps = epsilon_from_output(output, torch.cat([z_t, z_t]), abar, self.prediction_type)
         cond, uncond = eps.chunk(2)
         return NoisePrediction(cond=cond, uncond=uncond)
+
+
+def build_backend(backend: type[Backend], config: GuidanceConfig, context: GuidanceContext) -> Backend:
+    """`build` of the two diffusers kinds: the configured (or default) model with the memory options."""
+    quiet_diffusers_and_transformers()
+    model = config.model_id()
+    if model is None:
+        raise ValueError(f"guidance kind {config.kind!r} needs a model and has no default")
+    options = config.diffusers
+    return backend(
+        model,
+        config.sds,
+        context.device,
+        context.dtype,
+        context.seed,
+        options.attention_slicing,
+        options.cpu_offload,
+    )

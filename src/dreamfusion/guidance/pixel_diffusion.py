@@ -30,8 +30,8 @@ from dreamfusion.guidance.components import (
     square_size,
     unet_config,
 )
-from dreamfusion.guidance.diffusion import FrozenPrior
-from dreamfusion.guidance.hub import quiet_diffusers_and_transformers, resolve_model
+from dreamfusion.guidance.diffusion import FrozenPrior, build_backend
+from dreamfusion.guidance.hub import resolve_model
 from dreamfusion.guidance.text_encoder import PromptEncoder
 
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
@@ -95,16 +95,4 @@ class PixelDiffusionGuidance(FrozenPrior):
 
 
 def build(config: GuidanceConfig, context: GuidanceContext) -> PixelDiffusionGuidance:
-    quiet_diffusers_and_transformers()
-    options = config.diffusers
-    model = config.model_id()
-    assert model is not None  # the pixel kind has a default model
-    return PixelDiffusionGuidance(
-        model,
-        config.sds,
-        context.device,
-        context.dtype,
-        context.seed,
-        options.attention_slicing,
-        options.cpu_offload,
-    )
+    return build_backend(PixelDiffusionGuidance, config, context)

@@ -30,8 +30,8 @@ from dreamfusion.guidance.components import (
     square_size,
     unet_config,
 )
-from dreamfusion.guidance.diffusion import FrozenPrior
-from dreamfusion.guidance.hub import quiet_diffusers_and_transformers, resolve_model
+from dreamfusion.guidance.diffusion import FrozenPrior, build_backend
+from dreamfusion.guidance.hub import resolve_model
 from dreamfusion.guidance.text_encoder import PromptEncoder
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -129,16 +129,4 @@ class StableDiffusionGuidance(FrozenPrior):
 
 
 def build(config: GuidanceConfig, context: GuidanceContext) -> StableDiffusionGuidance:
-    quiet_diffusers_and_transformers()
-    options = config.diffusers
-    model = config.model_id()
-    assert model is not None  # the stable-diffusion kind has a default model
-    return StableDiffusionGuidance(
-        model,
-        config.sds,
-        context.device,
-        context.dtype,
-        context.seed,
-        options.attention_slicing,
-        options.cpu_offload,
-    )
+    return build_backend(StableDiffusionGuidance, config, context)

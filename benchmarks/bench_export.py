@@ -90,9 +90,9 @@ def run_case(
 def measure_case(
     case: str, resolution: int, faces: int | None, texture_size: int, repeats: int, video: bool
 ) -> dict:
-    from dreamfusion.export.mesh import MeshConfig, extract_mesh
     from dreamfusion.export.pipeline import ExportConfig, export_field
     from dreamfusion.export.texture import TextureConfig, texture_mesh
+    from dreamfusion.fields.mesh import MeshConfig, extract_mesh
 
     field = build_field(case)
     config = ExportConfig(

@@ -37,7 +37,7 @@ def run_once(
     env = dict(os.environ)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, "-m", "dreamfusion.cli", "generate", prompt, "--seed", str(seed)]
+    command = [sys.executable, "-m", "dreamfusion", "generate", prompt, "--seed", str(seed)]
     command += ["--out", str(out), "--no-progress"]
     for override in overrides:
         command += ["--set", override]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from dreamfusion.cli import prior_wheel_cache
+from dreamfusion.commands.prior import prior_wheel_cache
 from dreamfusion.device import machine_facts
 from dreamfusion.prior.tokenizer import build_clip_tokenizer
 from dreamfusion.prior.train import PriorTrainConfig, PriorTrainer

@@ -48,7 +48,6 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from dreamfusion.cli import preset_overrides
 from dreamfusion.config import apply_overrides, from_dict, merge_dicts, to_dict
 from dreamfusion.device import machine_facts
 from dreamfusion.guidance import build_guidance
@@ -58,7 +57,7 @@ from dreamfusion.render.cameras import sample_cameras
 from dreamfusion.render.lights import sample_point_lights
 from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.shading import ShadingMode, choose_shading
-from dreamfusion.run.config import Config
+from dreamfusion.run.config import Config, preset_overrides
 from dreamfusion.testing.tiny_models import (
     save_tiny_pixel_diffusion,
     save_tiny_stable_diffusion,

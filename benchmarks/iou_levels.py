@@ -3,7 +3,7 @@
 `dreamfusion eval` thresholds the density at ln 2 / cell of its 128^3 grid (about 32 for the default bound):
 occupied where one grid cell alone is half opaque (evaluation.geometry.occupancy_threshold). The exported
 mesh, and so the Chamfer distance and the colour error, sit at the field's own half-opacity level instead
-(export.mesh.half_opacity_threshold): the level whose surface covers what renders make half opaque. Soft
+(fields.mesh.half_opacity_threshold): the level whose surface covers what renders make half opaque. Soft
 fields, whose density ramps up over several cells, get a much lower level there, and their dense core
 (what the fixed threshold keeps) is smaller than what their renders and meshes show.
 
@@ -33,7 +33,7 @@ from dreamfusion.evaluation.geometry import (
     occupancy_threshold,
     scene_occupancy_grid,
 )
-from dreamfusion.export.mesh import half_opacity_threshold
+from dreamfusion.fields.mesh import half_opacity_threshold
 from dreamfusion.world import is_held_out, scene_from_caption
 
 RESOLUTION = 128  # dreamfusion eval's and the export's grid

@@ -59,7 +59,7 @@ from dreamfusion.evaluation.classifier import (
     train_classifier,
 )
 from dreamfusion.evaluation.judge import WorldJudge, load_packaged_judge
-from dreamfusion.prior import sample, save_grid
+from dreamfusion.prior.sample import sample, save_grid
 from dreamfusion.prompts import VIEW_WORDS, with_view
 from dreamfusion.world import COLOUR_NAMES, HELD_OUT_OBJECTS, KIND_NAMES, WorldObject
 

@@ -32,8 +32,7 @@ from dreamfusion.files import dreamfusion_cache
 from dreamfusion.guidance.components import epsilon_from_output
 from dreamfusion.prior.builtin import builtin_prior_folder
 from dreamfusion.prior.export import LoadedPrior, load_prior
-from dreamfusion.prior.train import prior_world
-from dreamfusion.world import sample_training_batch
+from dreamfusion.world import prior_world, sample_training_batch
 
 DEFAULT_TIMESTEPS = (300, 500, 700, 800, 900)
 DEFAULT_JSON = Path(__file__).parent / "results" / "prior_caption_use.json"

@@ -1,4 +1,4 @@
-"""The `dreamfusion` command, through its real entry point `dreamfusion.cli.main` (and once as a process).
+"""The `dreamfusion` command, through its entry point `dreamfusion.commands.main` (and once as a process).
 
 Every mistake a user can make must end in one line on stderr, exit code 2 and nothing half-written; full
 200-step runs with tiny random diffusion priors in the Stable Diffusion and DeepFloyd IF layouts must write
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from dreamfusion.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
+from dreamfusion.commands import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 from dreamfusion.config import from_dict, load_yaml_overrides
 from dreamfusion.run.config import Config
 from dreamfusion.testing import save_tiny_pixel_diffusion, save_tiny_stable_diffusion
@@ -243,7 +243,7 @@ def test_ctrl_c_while_loading_leaves_nothing(capsys, tmp_path, monkeypatch):
     def interrupted(*_args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("dreamfusion.cli.load_guidance", interrupted)
+    monkeypatch.setattr("dreamfusion.commands.generate.load_guidance", interrupted)
     out = tmp_path / "run"
     code, _, err = cli(capsys, "generate", "a ball", "--preset", "target", "--out", str(out))
     assert code == EXIT_INTERRUPTED and "interrupted" in err and "Traceback" not in err
@@ -447,7 +447,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     argv = ["generate", "a ball", "--preset", "target", "--out", str(run_dir), *SMALL]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "dreamfusion.cli", *argv],
+        [sys.executable, "-m", "dreamfusion", *argv],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -27,7 +27,21 @@ def loaded_by(module: str, prefix: str) -> list[str]:
     return json.loads(out.stdout)
 
 
-def test_export_and_evaluation_read_runs_without_the_trainer_and_export_without_evaluation():
+def test_export_and_evaluation_read_runs_without_the_trainer_or_each_other():
     assert loaded_by("dreamfusion.export.pipeline", "dreamfusion.evaluation") == []
     assert loaded_by("dreamfusion.export.pipeline", "dreamfusion.training.trainer") == []
     assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.training.trainer") == []
+    # Both measure or write one surface, fields.mesh, which sits below them.
+    assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.export") == []
+
+
+def test_evaluation_does_not_read_the_prior_trainer():
+    """The classifier and the judge learn from the prior's renders (world.prior_world), not from its loop."""
+    assert loaded_by("dreamfusion.evaluation.judge", "dreamfusion.prior.train") == []
+    assert loaded_by("dreamfusion.evaluation.classifier", "dreamfusion.prior.train") == []
+
+
+def test_help_loads_no_backend_exporter_or_judge():
+    """Each command imports its heavy parts when it runs, so `dreamfusion --help` stays quick."""
+    for prefix in ("dreamfusion.export", "dreamfusion.evaluation", "dreamfusion.prior", "diffusers"):
+        assert loaded_by("dreamfusion.commands", prefix) == [], prefix

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamfusion.cli import EXIT_USER_ERROR, main
+from dreamfusion.commands import EXIT_USER_ERROR, main
 from dreamfusion.config import from_dict, load_yaml_overrides
 from dreamfusion.files import atomic_path, claim_dir, write_text_atomic
 from dreamfusion.run.config import Config
@@ -33,7 +33,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def generate_process(prompt: str, out: Path) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "dreamfusion.cli", "generate", prompt, "--out", str(out), *TINY]
+    argv = [sys.executable, "-m", "dreamfusion", "generate", prompt, "--out", str(out), *TINY]
     argv += ["--steps", str(STEPS)]
     return subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -130,3 +130,19 @@ def test_a_resumed_log_keeps_each_step_once_and_drops_a_torn_last_line(tmp_path:
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
     truncate_records(tmp_path / "absent.jsonl", 4)  # nothing to do, no error
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+def test_a_config_written_before_the_sections_moved_still_reads_with_its_values(tmp_path: Path):
+    from dreamfusion.run.config import read_run_config
+
+    (tmp_path / "config.yaml").write_text(
+        "prompt:\n  text: a red cube\n"
+        "field:\n  kind: hashgrid\n  plane_resolution: 48\n  hash_levels: 6\n  hash_max_resolution: 96\n"
+        "guidance:\n  kind: target\n  target_shape: mug\n  attention_slicing: true\n"
+    )
+    config = read_run_config(tmp_path)
+    assert config.field.triplane.resolution == 48
+    assert config.field.hashgrid.levels == 6
+    assert config.field.hashgrid.max_resolution == 96
+    assert config.guidance.target.shape == "mug"
+    assert config.guidance.diffusers.attention_slicing is True

@@ -28,3 +28,13 @@ def test_warmup_cosine_restarts_each_cycle_with_the_same_shape():
     assert twice(199) == pytest.approx(once(99))
     with pytest.raises(ValueError, match="restarts"):
         WarmupCosine(100, restarts=(100,))
+
+
+def test_warmup_cosine_in_steps_counting_the_current_step():
+    # The prior's and the classifiers' convention: the first step already gets 1/W of the peak.
+    s = WarmupCosine(100, start=0.0, end=0.0, peak=2.0, warmup_steps=10, warmup_offset=1)
+    assert s(0) == pytest.approx(0.2) and s(9) == pytest.approx(2.0) and s(10) == pytest.approx(2.0)
+    assert s(55) == pytest.approx(1.0) and 0.0 < s(99) < 0.01
+    assert WarmupCosine(100, start=0.0, end=0.5, warmup_steps=0)(0) == 1.0  # no warm-up at all
+    with pytest.raises(ValueError, match="warmup_steps"):
+        WarmupCosine(100, warmup_steps=-1)

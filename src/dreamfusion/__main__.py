@@ -1,5 +1,5 @@
 """`python -m dreamfusion ...`: the same as the `dreamfusion` command."""
 
-from dreamfusion.cli import main
+from dreamfusion.commands import main
 
 raise SystemExit(main())

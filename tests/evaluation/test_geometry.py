@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import Tensor
 
-import dreamfusion.cli as cli
+import dreamfusion.commands.generate as generate
+from dreamfusion.commands import main
 from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import (
     compare_occupancy,
@@ -135,15 +136,15 @@ SMALL_RUN = [
 
 def test_a_run_folder_loads_back_into_the_trainers_field(tmp_path, monkeypatch):
     trainers = []
-    run_training = cli.run_training
+    run_training = generate.run_training
 
     def keep_trainer(trainer, run_dir, progress):
         trainers.append(trainer)
         return run_training(trainer, run_dir, progress)
 
-    monkeypatch.setattr(cli, "run_training", keep_trainer)
+    monkeypatch.setattr(generate, "run_training", keep_trainer)
     run_dir = tmp_path / "ball"
-    assert cli.main(["generate", "a red ball", "--out", str(run_dir), *SMALL_RUN]) == 0
+    assert main(["generate", "a red ball", "--out", str(run_dir), *SMALL_RUN]) == 0
 
     field, config = load_run_field(run_dir)
     trained = trainers[0].field

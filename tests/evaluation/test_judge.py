@@ -10,27 +10,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dreamfusion.commands import main
 from dreamfusion.errors import UserError
 from dreamfusion.evaluation.judge import (
-    CHECKSUMS,
-    WEIGHTS,
     JudgeConfig,
     build_judge,
-    contrastive_loss,
-    judge_backgrounds,
     judge_config,
     load_judge,
-    main,
-    meaning,
     package_folder,
+    save_judge,
+    train_judge,
+)
+from dreamfusion.evaluation.judge.folder import CHECKSUMS, WEIGHTS
+from dreamfusion.evaluation.judge.model import world_token_ids
+from dreamfusion.evaluation.judge.training import (
+    contrastive_loss,
+    judge_backgrounds,
+    meaning,
     positive_targets,
     render_training_data,
     sample_scenes,
-    save_judge,
-    train_judge,
     training_caption,
     training_step,
-    world_token_ids,
 )
 from dreamfusion.evaluation.suite import (
     SUITE_CAPTIONS,
@@ -175,7 +176,7 @@ def test_missing_or_damaged_folders_are_one_line_user_errors(tokenizer, tmp_path
         load_judge(folder)
     assert "\n" not in str(error.value)
     (folder / CHECKSUMS).unlink()
-    assert main(["check", str(folder)]) == 2
+    assert main(["judge", "check", str(folder)]) == 2
 
 
 def test_the_packaged_judge_is_intact():

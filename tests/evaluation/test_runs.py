@@ -120,7 +120,7 @@ def test_a_run_gets_every_score_and_eval_json_is_never_overwritten(sphere_run: P
 
 
 def test_eval_command_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    from dreamfusion.cli import main
+    from dreamfusion.commands import main
 
     assert main(["eval", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

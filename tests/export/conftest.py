@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from dreamfusion.config import dump_yaml
-from dreamfusion.export.mesh import MeshConfig
 from dreamfusion.export.pipeline import ExportConfig, ExportResult, export_field
 from dreamfusion.export.texture import TextureConfig
 from dreamfusion.export.video import TurntableConfig
 from dreamfusion.fields.analytic import AnalyticField
+from dreamfusion.fields.mesh import MeshConfig
 from helpers import make_trainer, target_config
 
 # Small but faithful: the mug's handle (0.1 thick) spans several cells of a 96^3 grid over [-1.4, 1.4]^3.

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from dreamfusion.commands.export import add_commands
 from dreamfusion.errors import UserError
-from dreamfusion.export.command import add_export_command
 
 QUICK = ["--resolution", "32", "--texture-size", "64", "--no-progress"]
 
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dreamfusion")
-    add_export_command(parser.add_subparsers(dest="command", required=True))
+    add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 import trimesh
 from torch import Tensor
 
-from dreamfusion.export.mesh import MeshConfig
 from dreamfusion.export.pipeline import ExportConfig, ExportResult, export_field
 from dreamfusion.export.texture import TextureConfig
 from dreamfusion.fields.base import Field, FieldOutput
+from dreamfusion.fields.mesh import MeshConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATE = Path(__file__).with_name("validate_gltf.mjs")

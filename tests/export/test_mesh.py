@@ -13,7 +13,11 @@ import trimesh
 from torch import Tensor
 
 from dreamfusion.errors import UserError
-from dreamfusion.export.mesh import (
+from dreamfusion.fields import FieldConfig, build_field
+from dreamfusion.fields.analytic import AnalyticField
+from dreamfusion.fields.base import Field
+from dreamfusion.fields.grid import grid_points
+from dreamfusion.fields.mesh import (
     MeshConfig,
     clean_mesh,
     extract_mesh,
@@ -23,10 +27,6 @@ from dreamfusion.export.mesh import (
     marching_cubes,
     unit_vertex_normals,
 )
-from dreamfusion.fields import FieldConfig, build_field
-from dreamfusion.fields.analytic import AnalyticField
-from dreamfusion.fields.base import Field
-from dreamfusion.fields.grid import grid_points
 from dreamfusion.fields.triplane import TriplaneConfig
 
 LN2 = math.log(2.0)

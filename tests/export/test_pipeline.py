@@ -16,11 +16,11 @@ from torch import Tensor
 import dreamfusion.export.pipeline as pipeline
 from dreamfusion.checkpoint import checkpoint_path
 from dreamfusion.errors import UserError
-from dreamfusion.export.mesh import MeshConfig
 from dreamfusion.export.pipeline import ExportConfig, ExportResult, export_field, export_run
 from dreamfusion.export.texture import TextureConfig
 from dreamfusion.fields.analytic import AnalyticField
 from dreamfusion.fields.base import Field, FieldOutput
+from dreamfusion.fields.mesh import MeshConfig
 
 FAST = ExportConfig(mesh=MeshConfig(resolution=32), texture=TextureConfig(size=64))
 

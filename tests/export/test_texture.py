@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dreamfusion.export.mesh import MeshConfig, extract_mesh
 from dreamfusion.export.texture import TextureConfig, dilate, sample_texture, texture_mesh
 from dreamfusion.fields.analytic import AnalyticField
+from dreamfusion.fields.mesh import MeshConfig, extract_mesh
 
 BLUE = np.array([0.15, 0.3, 0.85]) * 255
 YELLOW = np.array([0.95, 0.8, 0.1]) * 255

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from dreamfusion.cli import main
+from dreamfusion.commands import main
 from dreamfusion.config import from_dict, load_yaml_overrides
 from dreamfusion.guidance import BACKENDS, Backend, GuidanceConfig, GuidanceContext
 from dreamfusion.guidance.base import GuidanceOutput, TextEmbeddings, ViewBatch

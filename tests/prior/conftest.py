@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dreamfusion.prior import PriorConfig, PriorTrainConfig
+from dreamfusion.prior.model import PriorConfig
 from dreamfusion.prior.tokenizer import END_OF_WORD, NUM_MERGES, bytes_to_unicode
+from dreamfusion.prior.train import PriorTrainConfig
 from dreamfusion.testing.tiny_models import save_clip_tokenizer
 
 TINY_MODEL = PriorConfig(

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dreamfusion.cli import EXIT_USER_ERROR, default_preset, main
+from dreamfusion.commands import EXIT_USER_ERROR, main
 from dreamfusion.errors import UserError
 from dreamfusion.prior.builtin import CHECKSUMS, builtin_prior_folder, package_folder, ship, verify
+from dreamfusion.run.config import default_preset
 from dreamfusion.world import unknown_words
 
 MAX_SHIPPED_BYTES = 50 * 1024**2  # the issue's limit for the shipped weights
@@ -27,7 +28,7 @@ def no_wheel_download(monkeypatch: pytest.MonkeyPatch, clip_merges: str) -> None
 @pytest.fixture(scope="module")
 def tiny_package(tmp_path_factory: pytest.TempPathFactory, make_config, tiny_tokenizer: Path) -> Path:
     """A tiny exported prior shipped into a package-like folder, as `ship` does for the real one."""
-    from dreamfusion.prior import PriorTrainer
+    from dreamfusion.prior.train import PriorTrainer
 
     trainer = PriorTrainer(make_config(), tiny_tokenizer)
     model = tmp_path_factory.mktemp("export") / "model"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dreamfusion.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
+from dreamfusion.commands import EXIT_INTERRUPTED, EXIT_USER_ERROR, main
 
 TINY = [
     "--set", "batch_size=4",

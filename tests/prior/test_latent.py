@@ -181,7 +181,7 @@ def test_the_export_is_a_stable_diffusion_folder(tiny_latent_prior: Path):
 
 
 def test_sampling_a_latent_prior_decodes_images(tiny_latent_prior: Path):
-    from dreamfusion.prior import sample
+    from dreamfusion.prior.sample import sample
 
     images = sample(tiny_latent_prior, ["a red cube, front view", "a blue mug"], steps=2, seed=1)
     assert images.shape == (2, 16, 16, 3)
@@ -192,7 +192,7 @@ def test_sampling_a_latent_prior_decodes_images(tiny_latent_prior: Path):
 def test_generate_runs_a_latent_builtin_through_the_stable_diffusion_path(
     tiny_latent_prior: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ):
-    from dreamfusion.cli import main
+    from dreamfusion.commands import main
     from dreamfusion.guidance.stable_diffusion import StableDiffusionGuidance
     from dreamfusion.prior.builtin import ship
 
@@ -253,7 +253,7 @@ def test_the_unet_refuses_latents_of_another_shape(tiny_tokenizer: Path):
 def test_a_finished_stage_trained_further_restarts_its_schedule_and_keeps_the_old_model(
     tiny_run: LatentRun, tmp_path: Path
 ):
-    from dreamfusion.cli import main
+    from dreamfusion.commands import main
 
     root = tmp_path / "prior"
     root.mkdir()

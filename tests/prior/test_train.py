@@ -16,10 +16,17 @@ from dreamfusion.checkpoint import latest_checkpoint
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import SDSConfig, TextEmbeddings
 from dreamfusion.guidance.pixel_diffusion import PixelDiffusionGuidance
-from dreamfusion.prior import PriorTrainer, resume_run, sample, save_grid, start_run, train
 from dreamfusion.prior.model import PriorConfig, build_scheduler
-from dreamfusion.prior.sample import ddim
-from dreamfusion.prior.train import PriorTrainConfig, learning_rate, loss_weights
+from dreamfusion.prior.sample import ddim, sample, save_grid
+from dreamfusion.prior.train import (
+    PriorTrainConfig,
+    PriorTrainer,
+    learning_rate,
+    loss_weights,
+    resume_run,
+    start_run,
+    train,
+)
 
 MakeConfig = Callable[..., PriorTrainConfig]
 MakeTokenizer = Callable[[Path, int], Path]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +32,10 @@ from tqdm import tqdm
 
 from dreamfusion.config import from_dict, to_dict
 from dreamfusion.errors import UserError
-from dreamfusion.prior.train import prior_world
 from dreamfusion.prompts import view_word
 from dreamfusion.render.cameras import Cameras, sample_cameras
 from dreamfusion.render.lights import sample_point_lights
+from dreamfusion.training.schedules import WarmupCosine
 from dreamfusion.world import (
     COLOUR_NAMES,
     HELD_OUT_OBJECTS,
@@ -44,6 +43,7 @@ from dreamfusion.world import (
     Scene,
     WorldBatchConfig,
     WorldObject,
+    prior_world,
     render_scene,
     sample_backgrounds,
 )
@@ -55,7 +55,7 @@ HELD_IN_OBJECTS: tuple[WorldObject, ...] = tuple(o for o in ALL_OBJECTS if o not
 
 
 def classifier_world() -> WorldBatchConfig:
-    """The prior's renders (prior.train.prior_world), single objects only."""
+    """The prior's renders (world.prior_world), single objects only."""
     return dataclasses.replace(prior_world(), composition_probability=0.0)
 
 
@@ -250,11 +250,10 @@ def learning_rate(config: ClassifierConfig, step: int) -> float:
 
 def warmup_cosine(peak: float, step: int, steps: int) -> float:
     """Linear warm-up to `peak` over the first 10 % of `steps`, then a half cosine down to 0."""
-    warmup = max(1, steps // 10)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+    schedule = WarmupCosine(
+        steps, start=0.0, end=0.0, peak=peak, warmup_steps=max(1, steps // 10), warmup_offset=1
+    )
+    return schedule(step)
 
 
 def training_step(

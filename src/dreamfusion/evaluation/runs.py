@@ -39,8 +39,8 @@ from dreamfusion.evaluation.suite import (
     shape_captions,
 )
 from dreamfusion.evaluation.surface import albedo_delta_e, chamfer_to_scene
-from dreamfusion.export.mesh import MeshConfig, extract_mesh
 from dreamfusion.fields.base import Field
+from dreamfusion.fields.mesh import MeshConfig, extract_mesh
 from dreamfusion.render.background import SolidBackground
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.lights import LightConfig

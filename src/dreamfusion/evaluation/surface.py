@@ -5,7 +5,7 @@
 - `sample_scene_surface`: points on the true surface, spread evenly by area, where both are measured.
 
 Frame: the mesh must be in the scene's (and the field's) world frame, +Z up, front +X, world units, as
-`dreamfusion.export.mesh.extract_mesh` returns it. The exported files (model.glb/.obj/.ply) are in glTF's
+`dreamfusion.fields.mesh.extract_mesh` returns it. The exported files (model.glb/.obj/.ply) are in glTF's
 frame, (x, y, z)_file = (y, z, x)_world (`export.formats.to_file_axes`, recorded as "axes" in export.json):
 a mesh read back from them needs (x, y, z)_world = (z, x, y)_file first.
 

@@ -5,9 +5,10 @@
 
 The steps, one module each:
 
-1. `mesh`: the density on a grid of `resolution`^3 cells over the scene's bounding cube, marching cubes at an
-   iso level chosen from the field (`half_opacity_threshold`: the level whose surface crosses the same
-   lines of the grid as the field makes at least half opaque, i.e. what renders show as solid), vertices
+1. `fields.mesh` (below export, as evaluation measures the same surface): the density on a grid of
+   `resolution`^3 cells over the scene's bounding cube, marching cubes at an iso level chosen from the
+   field (`half_opacity_threshold`: the level whose surface crosses the same lines of the grid as the
+   field makes at least half opaque, i.e. what renders show as solid), vertices
    moved onto the field's own iso surface by bisection, connected pieces with under 2 % of the largest
    piece's area dropped as floaters, quadric decimation to a face budget (40k by default), and each
    piece's winding made consistent and outward (trimesh's `fix_normals`).

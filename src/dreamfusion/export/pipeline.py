@@ -25,7 +25,11 @@ from dreamfusion import __version__
 from dreamfusion.checkpoint import latest_checkpoint, load_checkpoint
 from dreamfusion.errors import UserError
 from dreamfusion.export.formats import FORMATS, write_formats, write_json
-from dreamfusion.export.mesh import (
+from dreamfusion.export.texture import TextureConfig, TexturedMesh, bake, unwrap
+from dreamfusion.export.video import TurntableConfig, write_turntable
+from dreamfusion.fields.base import Field
+from dreamfusion.fields.grid import density_grid
+from dreamfusion.fields.mesh import (
     ExtractedMesh,
     MeshConfig,
     clean_mesh,
@@ -33,10 +37,6 @@ from dreamfusion.export.mesh import (
     marching_cubes,
     surface_threshold,
 )
-from dreamfusion.export.texture import TextureConfig, TexturedMesh, bake, unwrap
-from dreamfusion.export.video import TurntableConfig, write_turntable
-from dreamfusion.fields.base import Field
-from dreamfusion.fields.grid import density_grid
 from dreamfusion.files import free_dir
 from dreamfusion.run.config import load_field, read_run_config
 

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 import trimesh
 from torch import Tensor
 
-from dreamfusion.export.mesh import unit_vertex_normals
 from dreamfusion.export.raster import Fragments, rasterize
 from dreamfusion.fields.base import Field
+from dreamfusion.fields.mesh import unit_vertex_normals
 
 CHUNK = 65536  # field queries per call
 

@@ -1,5 +1,6 @@
 """The 3D representations: the `Field` interface (base.py), the learned fields (triplane.py, hashgrid.py),
-analytic shapes (analytic.py) and density grids (grid.py). Depends on nothing above it.
+analytic shapes (analytic.py), density grids (grid.py) and the surface mesh of a field (mesh.py), which
+export writes and evaluation measures. Depends on nothing above it.
 
 `FieldConfig` is also the table of learned fields: each kind is a section named after it, whose settings
 class (beside the field in its own file) builds the field. Adding a field is one file with a settings class

@@ -4,25 +4,10 @@ procedural world, exported in DeepFloyd IF stage I's folder layout so the pixel 
 - tokenizer.py: CLIP's BPE vocabulary from the open-clip-torch wheel as a Hugging Face tokenizer folder;
 - model.py: `PriorConfig` and the networks (CLIPTextModel, UNet2DConditionModel, DDPM scheduler);
 - train.py: the training loop, run folders, resumable checkpoints;
-- export.py: writing and loading the IF-layout folder; sample.py: DDIM sampling with CFG, PNG grids.
+- export.py: writing and loading the IF-layout folder; sample.py: DDIM sampling with CFG, PNG grids;
+- builtin/: the shipped prior's weights, model card and loader;
+- latent.py and its stages (dataset, autoencoder, text_pretrain, latent_unet): the latent prior (issue #15).
+
+Nothing is imported here: the tokenizer and the model's config are used by evaluation too, which must not
+load the training loop (or diffusers' U-Net) with them.
 """
-
-from dreamfusion.prior.export import export_prior, load_prior
-from dreamfusion.prior.model import PriorConfig, PriorModules, build_prior
-from dreamfusion.prior.sample import sample, save_grid
-from dreamfusion.prior.train import PriorTrainConfig, PriorTrainer, resume_run, start_run, train
-
-__all__ = [
-    "PriorConfig",
-    "PriorModules",
-    "PriorTrainConfig",
-    "PriorTrainer",
-    "build_prior",
-    "export_prior",
-    "load_prior",
-    "resume_run",
-    "sample",
-    "save_grid",
-    "start_run",
-    "train",
-]

@@ -56,7 +56,7 @@ def shard_path(folder: Path, k: int) -> Path:
 
 def render_shard(config: DatasetConfig, k: int) -> dict[str, np.ndarray]:
     """Shard k's arrays. The world's training batches never hold a held-out composition."""
-    from dreamfusion.prior.train import prior_world
+    from dreamfusion.world import prior_world
 
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + k)
     world = prior_world()

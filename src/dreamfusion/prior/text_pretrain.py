@@ -6,7 +6,7 @@ contrastively (CLIP's loss, Radford et al. 2021) against an image tower of its o
 renders, then frozen while the U-Net trains. Only the text tower is shipped.
 
 - The set holds no held-out composition (`world.sample_training_batch` never draws one).
-- It has its own seed, and it is not the world judge (evaluation/judge.py): the paper warns against
+- It has its own seed, and it is not the world judge (evaluation/judge/): the paper warns against
   scoring with the model that guided.
 - A batch of world renders holds many images of the same scene, so CLIP's one-positive softmax would push
   apart captions that describe their images equally well. Every pair that shows the same scene from the same

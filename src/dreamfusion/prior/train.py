@@ -14,7 +14,6 @@ checkpointed, so a run resumed from a checkpoint ends with the same weights as a
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import multiprocessing.queues
 import multiprocessing.synchronize
@@ -43,31 +42,14 @@ from dreamfusion.prior.ema import EMA
 from dreamfusion.prior.export import export_prior
 from dreamfusion.prior.model import PriorConfig, build_prior
 from dreamfusion.run.log import append_record, prune_checkpoints, truncate_records
-from dreamfusion.world import WorldBatchConfig, sample_training_batch
+from dreamfusion.training.schedules import WarmupCosine
+from dreamfusion.world import WorldBatchConfig, prior_world, sample_training_batch
 
 CHECKPOINTS = "checkpoints"
 TOKENIZER = "tokenizer"
 MODEL = "model"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
-
-
-PRIOR_BACKGROUND_COLOURFULNESS = 0.25
-
-
-def prior_world() -> WorldBatchConfig:
-    """The renders the prior learns from.
-
-    - Albedo and lambertian only. A textureless render (white albedo, sec. 3.1) shows none of its caption's
-      colour, so training on them would teach that "a red mug" may look white or black, against the colour
-      accuracy the prior must reach (issue #3).
-    - Muted backgrounds (a quarter colour, the rest light grey). With backgrounds of any colour, the first
-      run's prior learned the images but barely the captions: after 2,500 steps, the right caption lowered
-      its denoising loss by 1 % against a wrong one, so colour and kind were left to chance. The builtin
-      preset gives the NeRF's solid backgrounds the same colourfulness."""
-    return WorldBatchConfig(
-        shading_probabilities=(0.5, 0.5, 0.0), background_colourfulness=PRIOR_BACKGROUND_COLOURFULNESS
-    )
 
 
 @dataclass(frozen=True)
@@ -130,16 +112,16 @@ class StepResult:
 def learning_rate(config: PriorTrainConfig, step: int) -> float:
     """Linear warm-up over warmup_steps, then a half cosine down to final_lr_fraction of the peak; the same
     again from each restart."""
-    peak = config.learning_rate
-    bounds = [0, *config.restarts, config.steps]
-    cycle = max(i for i in range(len(bounds) - 1) if bounds[i] <= step)
-    start, end = bounds[cycle], bounds[cycle + 1]
-    step -= start
-    if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, end - start - config.warmup_steps)
-    floor = peak * config.final_lr_fraction
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    schedule = WarmupCosine(
+        config.steps,
+        start=0.0,
+        end=config.final_lr_fraction,
+        restarts=config.restarts,
+        peak=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        warmup_offset=1,
+    )
+    return schedule(step)
 
 
 def loss_weights(config: PriorTrainConfig, alphas_cumprod: Tensor) -> Tensor:

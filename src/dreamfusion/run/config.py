@@ -1,22 +1,26 @@
-"""A `generate` run's settings (config.yaml) and what reads a run folder back: its config, its latest
-checkpoint and the field in it. Export and evaluation read runs through this module, not the trainer."""
+"""A `generate` run's settings (config.yaml), the rule that resolves them (paper defaults <- preset <- flags
+<- `--set` overrides), and what reads a run folder back: its config, its latest checkpoint and the field in
+it. Export and evaluation read runs through this module, not the trainer."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
-from dreamfusion.config import from_dict, load_yaml_overrides
+from dreamfusion.config import apply_overrides, from_dict, load_yaml_overrides, merge_dicts, to_dict
 from dreamfusion.errors import UserError
 from dreamfusion.fields import FieldConfig, build_field
 from dreamfusion.fields.base import Field
-from dreamfusion.guidance import GuidanceConfig
+from dreamfusion.guidance import BACKENDS, GuidanceConfig
 from dreamfusion.guidance.base import Guidance
-from dreamfusion.prompts import PromptConfig
+from dreamfusion.prompts import PromptConfig, validate_prompt
 from dreamfusion.render.background import BackgroundConfig
 from dreamfusion.render.cameras import CameraConfig
 from dreamfusion.render.lights import LightConfig
@@ -99,6 +103,92 @@ def render_resolution(config: Config, guidance: Guidance) -> int:
     return config.train.resolution or guidance.render_size
 
 
+# ---- resolving a run's settings
+
+
+def preset_overrides(name_or_path: str) -> dict[str, Any]:
+    """The overrides in a packaged preset (dreamfusion/presets/NAME.yaml) or in a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return load_yaml_overrides(path)
+    names = sorted(
+        p.name[:-5] for p in resources.files("dreamfusion.presets").iterdir() if p.name.endswith(".yaml")
+    )
+    if name_or_path not in names:
+        raise UserError(
+            f"unknown preset {name_or_path!r}: use one of {', '.join(names)} or a path to a YAML file"
+        )
+    return load_yaml_overrides(
+        resources.files("dreamfusion.presets").joinpath(f"{name_or_path}.yaml").read_text()
+    )
+
+
+def default_preset(guidance: str | None) -> str:
+    """The backend's own preset (the built-in prior's tuned settings when none is named)."""
+    return BACKENDS[guidance or "builtin"].preset
+
+
+def resolve_config(
+    settings: Mapping[str, Any], preset: str | None = None, overrides: Sequence[str] = ()
+) -> Config:
+    """Paper defaults <- preset <- `settings` (dotted keys, e.g. {"prompt.text": ..., "train.steps": ...};
+    None values are left out) <- `overrides` ("key=value" strings), validated as one Config.
+
+    A model to load without a guidance kind means a downloaded pixel prior. The prompt is checked here, not
+    first in the Trainer, so that an empty one (also one given as an override) fails before the prior
+    loads; a local model folder is made absolute, so that a resumed run finds it from any working folder."""
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if "guidance.model" in settings and "guidance.kind" not in settings:
+        settings["guidance.kind"] = "pixel"
+    data = merge_dicts(
+        to_dict(Config()), preset_overrides(preset or default_preset(settings.get("guidance.kind")))
+    )
+    for key, value in settings.items():
+        section, name = key.split(".")
+        data[section][name] = value
+    config = apply_overrides(from_dict(Config, data), overrides)
+    prompt = dataclasses.replace(config.prompt, text=validate_prompt(config.prompt.text))
+    guidance = dataclasses.replace(config.guidance, model=absolute_if_local(config.guidance.model))
+    return dataclasses.replace(config, prompt=prompt, guidance=guidance)
+
+
+def absolute_if_local(model: str | None) -> str | None:
+    """A local model folder as an absolute path; hub ids stay as typed (a folder of that name wins, as in
+    diffusers)."""
+    if model is None or not Path(model).expanduser().is_dir():
+        return model
+    return str(Path(model).expanduser().resolve())
+
+
+# ---- reading a run folder back
+
+# Settings renamed since runs were first written (issue #16 gave each field and backend its own section):
+# an older config.yaml still loads.
+RENAMED_KEYS = {
+    ("field", "plane_resolution"): ("field", "triplane", "resolution"),
+    ("field", "plane_channels"): ("field", "triplane", "channels"),
+    **{
+        ("field", f"hash_{name}"): ("field", "hashgrid", name)
+        for name in ("levels", "features_per_level", "log2_table_size", "base_resolution", "max_resolution")
+    },
+    ("guidance", "attention_slicing"): ("guidance", "diffusers", "attention_slicing"),
+    ("guidance", "cpu_offload"): ("guidance", "diffusers", "cpu_offload"),
+    ("guidance", "target_shape"): ("guidance", "target", "shape"),
+}
+
+
+def migrate_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a parsed config.yaml) with renamed keys moved to their new places."""
+    for (section, old), new in RENAMED_KEYS.items():
+        part = data.get(section)
+        if isinstance(part, dict) and old in part:
+            value = part.pop(old)
+            for key in new[1:-1]:
+                part = part.setdefault(key, {})
+            part.setdefault(new[-1], value)
+    return data
+
+
 def read_run_config(run_dir: Path) -> Config:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
@@ -106,7 +196,7 @@ def read_run_config(run_dir: Path) -> Config:
             raise UserError(f"run folder {run_dir} does not exist")
         raise UserError(f"{run_dir} is not a run folder: it has no config.yaml")
     # load_yaml_overrides reads YAML as dump_yaml writes it (1e-3 is a float) and reports errors in one line.
-    return from_dict(Config, load_yaml_overrides(config_path))
+    return from_dict(Config, migrate_keys(load_yaml_overrides(config_path)))
 
 
 def load_field(config: Config, checkpoint: Checkpoint, where: str) -> Field:

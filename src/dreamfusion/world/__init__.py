@@ -18,10 +18,12 @@ from dreamfusion.world.captions import (
 )
 from dreamfusion.world.objects import COLOUR_NAMES, COLOURS, KIND_NAMES, KINDS, Kind, Part, kind_geometry
 from dreamfusion.world.render import (
+    PRIOR_BACKGROUND_COLOURFULNESS,
     TracerConfig,
     TrainingBatch,
     WorldBatchConfig,
     WorldRender,
+    prior_world,
     render_scene,
     sample_backgrounds,
     sample_training_batch,
@@ -69,6 +71,8 @@ __all__ = [
     "TrainingBatch",
     "Vocabulary",
     "WorldBatchConfig",
+    "PRIOR_BACKGROUND_COLOURFULNESS",
+    "prior_world",
     "WorldObject",
     "WorldRender",
     "caption_text",

@@ -1,6 +1,6 @@
 """`dreamfusion export RUN_DIR`: the exporter on the command line.
 
-Wired into the CLI by `add_export_command(subparsers)`. The exporter itself (trimesh, xatlas, scikit-image)
+The exporter itself (trimesh, xatlas, scikit-image)
 is imported only when the command runs, so that `dreamfusion --help` and the other commands do not pay for it.
 """
 
@@ -11,7 +11,13 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dreamfusion.arguments import integer, positive_float, show_progress
+from dreamfusion.commands.common import (
+    add_progress_option,
+    add_threads_option,
+    integer,
+    positive_float,
+    show_progress,
+)
 from dreamfusion.errors import UserError
 
 if TYPE_CHECKING:
@@ -52,7 +58,7 @@ def _names(text: str) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
-def add_export_command(subparsers: argparse._SubParsersAction) -> None:
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser(
         "export",
         help="write a run's textured mesh (GLB, OBJ, PLY) and a turntable video into RUN_DIR/export",
@@ -120,24 +126,17 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> None:
         help="side by side, starting with shaded: any of shaded, normals, textureless, depth",
     )
     video.add_argument("--no-gif", action="store_true", help="skip the GIF (the largest file)")
-    e.add_argument(
-        "--threads",
-        type=lambda t: integer(t, 1),
-        metavar="N",
-        help="CPU threads (default: the cores not already busy, from the load average)",
-    )
-    e.add_argument(
-        "--no-progress", action="store_true", help="no progress bar (none is shown off a terminal)"
-    )
+    add_threads_option(e)
+    add_progress_option(e)
     e.set_defaults(func=cmd_export)
 
 
 def export_config(args: argparse.Namespace) -> ExportConfig:
     """The ExportConfig the flags ask for; an invalid combination is a UserError."""
-    from dreamfusion.export.mesh import MeshConfig
     from dreamfusion.export.pipeline import ExportConfig
     from dreamfusion.export.texture import TextureConfig
     from dreamfusion.export.video import TurntableConfig
+    from dreamfusion.fields.mesh import MeshConfig
 
     try:
         mesh = MeshConfig(resolution=args.resolution, threshold=args.threshold, max_faces=args.faces)

@@ -1,6 +1,6 @@
 """The built-in prior that ships inside the package: the default of `dreamfusion generate`.
 
-Its weights live in `dreamfusion/prior/builtin/` in DeepFloyd IF stage I's folder layout (see export.py),
+Its weights lie beside this module, in DeepFloyd IF stage I's folder layout (see prior/export.py),
 listed with their sha256 in SHA256SUMS, and its model card is MODEL_CARD.md beside them. The tokenizer is
 not shipped: it is CLIP's BPE vocabulary, read from the pinned open-clip-torch wheel (tokenizer.py) the first
 time the prior is used. `builtin_prior_folder` checks the weights, then assembles a complete prior folder in
@@ -132,10 +132,3 @@ def ship(model_folder: Path, package: Path | None = None) -> dict[str, str]:
     sums = {p.relative_to(package).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     (package / CHECKSUMS).write_text("".join(f"{d}  {n}\n" for n, d in sums.items()), encoding="utf-8")
     return sums
-
-
-if __name__ == "__main__":  # python -m dreamfusion.prior.builtin RUN_DIR/model
-    import sys
-
-    for name, digest in ship(Path(sys.argv[1])).items():
-        print(f"{digest}  {name}")

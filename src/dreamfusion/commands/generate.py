@@ -70,6 +70,9 @@ An existing run folder is never written into: a new one gets the suffix -2, -3, 
 """
 
 
+DEVICE_HELP = "auto (default: cuda if present), cpu, cuda or cuda:N"
+
+
 def build_config(args: argparse.Namespace) -> Config:
     """The run's Config from the command line (run.config.resolve_config's rule)."""
     flags = {
@@ -213,7 +216,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="run folder (default runs/<prompt>-seed<S>); an existing one is never overwritten",
     )
-    g.add_argument("--device", metavar="DEV", help="auto (default: cuda if present), cpu, cuda or cuda:N")
+    g.add_argument("--device", metavar="DEV", help=DEVICE_HELP)
     g.add_argument(
         "--negative", metavar="TEXT", help="negative prompt for classifier-free guidance (default empty)"
     )
@@ -234,7 +237,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Continue RUN_DIR from its latest checkpoint, with the settings in its config.yaml.",
     )
     r.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by dreamfusion generate")
-    r.add_argument("--device", metavar="DEV", help="auto (default: cuda if present), cpu, cuda or cuda:N")
+    r.add_argument("--device", metavar="DEV", help=DEVICE_HELP)
     add_threads_option(r)
     add_progress_option(r)
     r.set_defaults(func=cmd_resume)

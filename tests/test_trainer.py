@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -72,3 +73,59 @@ def test_optimiser_reconstructs_a_known_object(tmp_path, shape):
     trainer.train(progress=False, handle_sigint=False)
     iou = silhouette_iou(silhouettes(trainer.field), silhouettes(AnalyticField(shape)))
     assert iou >= 0.9, f"{shape}: silhouette IoU {iou:.3f}"
+
+
+def _poison(trainer, bad_steps):
+    """Wrap the guidance so that its image gradient is NaN at the steps in `bad_steps`."""
+    guidance = trainer.guidance
+
+    def guided(images, text, current, views):
+        result = guidance(images, text, current, views)
+        if current in bad_steps:
+            result = dataclasses.replace(result, image_grad=torch.full_like(result.image_grad, float("nan")))
+        return result
+
+    trainer.guidance = guided
+    trainer.guidance.rng_state = guidance.rng_state  # type: ignore[attr-defined]
+    trainer.guidance.set_rng_state = guidance.set_rng_state  # type: ignore[attr-defined]
+
+
+def test_a_nan_gradient_is_skipped_and_counted_and_the_run_goes_on_from_the_last_good_state(tmp_path):
+    config = target_config("sphere", 8, 16)
+    trainer = make_trainer(config, tmp_path / "run")
+    for _ in range(3):
+        trainer._log(trainer.train_step())
+    before = {k: v.clone() for k, v in trainer.field.state_dict().items()}
+    adam_before = [s["exp_avg"].clone() for s in trainer.optimizer.state.values()]
+    _poison(trainer, {3})
+    trainer._log(trainer.train_step())  # step index 3: NaN gradient
+    for name, value in trainer.field.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    for state, old in zip(trainer.optimizer.state.values(), adam_before, strict=True):
+        assert torch.equal(state["exp_avg"], old)
+    assert trainer.train(progress=False, handle_sigint=False)
+    for value in trainer.field.state_dict().values():
+        assert torch.isfinite(value).all()
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.field.state_dict().items())
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records] == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert records[3]["loss"] is None  # NaN is written as null, so the log stays JSON
+
+
+def test_a_run_that_keeps_diverging_stops_with_one_line_and_keeps_its_last_checkpoint(tmp_path):
+    from dreamfusion.training.trainer import DivergedError
+
+    config = target_config("sphere", 40, 16, "train.checkpoint_every=5", "train.max_skipped_steps=4")
+    trainer = make_trainer(config, tmp_path / "run")
+    _poison(trainer, set(range(7, 40)))
+    with pytest.raises(DivergedError) as caught:
+        trainer.train(progress=False, handle_sigint=False)
+    assert trainer.step == 11  # steps 8..11 were the 4 bad ones in a row
+    message = str(caught.value)
+    assert "\n" not in message and "step_0000010.safetensors" in message
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints == ["step_0000005.safetensors", "step_0000010.safetensors"]
+    # The checkpoint written during the bad streak holds the last good step's weights, all finite.
+    saved = load_latest(tmp_path / "run").modules["field"]
+    for name, value in trainer.field.state_dict().items():
+        assert torch.isfinite(saved[name]).all() and torch.equal(saved[name], value), name

@@ -41,6 +41,9 @@ class TrainConfig:
     keep_checkpoints: int = 3  # older periodic checkpoints are removed; the final one is always kept
     validation_every: int = 500
     validation_views: int = 4
+    # A step whose loss or gradient is not finite changes nothing and is counted; this many in a row stop the
+    # run with an error, its checkpoints untouched.
+    max_skipped_steps: int = 20
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -58,6 +61,8 @@ class TrainConfig:
             raise ValueError(
                 "checkpoint_every, validation_every, validation_views and keep_checkpoints must be > 0"
             )
+        if self.max_skipped_steps <= 0:
+            raise ValueError(f"max_skipped_steps must be > 0, got {self.max_skipped_steps}")
 
 
 @dataclass(frozen=True)

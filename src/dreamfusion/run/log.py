@@ -33,6 +33,20 @@ def truncate_records(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def last_record(path: Path) -> dict[str, Any] | None:
+    """The last complete record of the log (None when there is none)."""
+    if not path.is_file():
+        return None
+    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
 def prune_checkpoints(folder: Path, keep: int) -> None:
     """Delete all but the newest `keep` step_XXXXXXX.safetensors in `folder` (names sort by step)."""
     for old in sorted(folder.glob("step_*.safetensors"))[:-keep]:

@@ -4,11 +4,17 @@ optimiser (paper sec. 3, App. A.2). Read `Trainer.train_step` top to bottom to s
 Optimiser: Adam rather than the paper's Distributed Shampoo, which PyTorch does not ship; Adam is what both
 open implementations use, and separate learning rates for the feature grid and the MLPs matter more here
 than the preconditioner. The learning rate follows the paper's shape: linear warm-up, then cosine decay.
+
+A step whose loss or gradient is not finite (a NaN from the prior, an overflow) is skipped: the optimiser
+does not step, so the field and Adam's moments stay as the last good step left them, and the step is
+counted in metrics.jsonl (`skipped`). `train.max_skipped_steps` of them in a row stop the run with a
+`DivergedError`, before anything is saved over its last checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -31,9 +37,13 @@ from dreamfusion.render.sampling import OccupancyGrid
 from dreamfusion.render.shading import ShadingMode, choose_shading
 from dreamfusion.render.views import grid_image, render_views, save_png_atomic
 from dreamfusion.run.config import CHECKPOINT_FORMAT, Config, render_resolution
-from dreamfusion.run.log import append_record, prune_checkpoints, truncate_records
+from dreamfusion.run.log import append_record, last_record, prune_checkpoints, truncate_records
 from dreamfusion.training.losses import opacity_loss, orientation_loss
 from dreamfusion.training.schedules import LinearRamp, WarmupCosine
+
+
+class DivergedError(UserError):
+    """Training produced non-finite losses or gradients for `train.max_skipped_steps` steps in a row."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class StepMetrics:
     lr_scale: float
     occupied: float  # fraction of occupancy cells evaluated
     seconds: float
+    skipped: int = 0  # steps of this run so far whose loss or gradient was not finite (this one included)
 
 
 class Trainer:
@@ -93,6 +104,8 @@ class Trainer:
         self.scene_rng = torch.Generator().manual_seed(seed + 1)
         self.prompts = PromptEmbeddings(config.prompt, guidance, text_cache_dir)
         self.step = 0
+        self.skipped_steps = 0  # in this run, counted across resumes from metrics.jsonl
+        self.skipped_in_a_row = 0
         self._stop_requested = False
 
     # -- one step -----------------------------------------------------------------------------------------
@@ -133,17 +146,33 @@ class Trainer:
         )
         opacity = opacity_loss(out.opacity)
         total = sds_surrogate + orientation_weight * orient + cfg.loss.opacity_weight * opacity
+        smoothness = self.field.smoothness() if cfg.loss.smoothness_weight > 0 else None
+        if smoothness is not None:
+            total = total + cfg.loss.smoothness_weight * smoothness
+        if out.eikonal is not None:
+            total = total + cfg.loss.eikonal_weight * out.eikonal
 
         lr_scale = self.lr_schedule(step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * lr_scale
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        self.optimizer.step()
+        finite = self._finite(total)
+        if finite:
+            self.optimizer.step()
+            self.skipped_in_a_row = 0
+        else:  # the parameters and Adam's moments stay as the last good step left them
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.skipped_in_a_row += 1
         self.step += 1
 
         orient, opacity = float(orient.detach()), float(opacity.detach())
         regularisers = orientation_weight * orient + cfg.loss.opacity_weight * opacity
+        if smoothness is not None:
+            regularisers += cfg.loss.smoothness_weight * float(smoothness.detach())
+        if out.eikonal is not None:
+            regularisers += cfg.loss.eikonal_weight * float(out.eikonal.detach())
         return StepMetrics(
             step=self.step,
             loss=0.5 * float(grad.square().mean()) + regularisers,
@@ -154,7 +183,15 @@ class Trainer:
             lr_scale=lr_scale,
             occupied=self.occupancy.occupied_fraction if self.occupancy is not None else 1.0,
             seconds=time.perf_counter() - started,
+            skipped=self.skipped_steps,
         )
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss and every gradient are finite (one norm over all gradients: inf or NaN anywhere
+        makes it non-finite)."""
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        return bool(torch.isfinite(loss) & torch.isfinite(norm))
 
     def update_occupancy(self) -> None:
         step_size = 2 * self.config.field.bound / self.config.sampling.samples_per_ray
@@ -177,6 +214,8 @@ class Trainer:
             while self.step < cfg.steps:
                 metrics = self.train_step()
                 self._log(metrics)
+                if self.skipped_in_a_row >= cfg.max_skipped_steps:
+                    raise DivergedError(self._diverged_message())
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics.loss:.4g}", opacity=f"{metrics.opacity:.3f}", refresh=False)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or self._stop_requested:
@@ -198,7 +237,21 @@ class Trainer:
         self._stop_requested = True
 
     def _log(self, metrics: StepMetrics) -> None:
-        append_record(self.run_dir / "metrics.jsonl", metrics.__dict__)
+        # A non-finite figure is written as null: NaN is not JSON.
+        record = {
+            k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in vars(metrics).items()
+        }
+        append_record(self.run_dir / "metrics.jsonl", record)
+
+    def _diverged_message(self) -> str:
+        saved = sorted((self.run_dir / "checkpoints").glob("step_*.safetensors"))
+        kept = (
+            f"its last checkpoint, {saved[-1].name}, is kept" if saved else "no checkpoint had been saved yet"
+        )
+        return (
+            f"training diverged: {self.skipped_in_a_row} steps in a row up to step {self.step} had a "
+            f"non-finite loss or gradient and were skipped; {kept} (lower optim.lr_grid or try another seed)"
+        )
 
     def validate(self) -> Path:
         cfg = self.config
@@ -243,3 +296,4 @@ class Trainer:
             raise UserError(f"checkpoint does not match this run's configuration: {first_line}") from exc
         self.step = ckpt.step
         truncate_records(self.run_dir / "metrics.jsonl", ckpt.step)
+        self.skipped_steps = int((last_record(self.run_dir / "metrics.jsonl") or {}).get("skipped") or 0)

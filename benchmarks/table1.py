@@ -19,9 +19,9 @@ rows are averaged over runs, split into held-in and held-out prompts:
 (`guidance.kind=target`, `guidance.target.shape=prompt`) at the prior's 32x32: the same cameras, lights,
 field, optimiser and steps, with a perfect 2D teacher. It measures the ceiling of everything but the prior.
 
-Columns: R-Precision Color and Geo (the judge, or `--model` CLIP), volumetric IoU, Chamfer distance (world
-units), colour error (mean CIEDE2000 of the albedo on the surface) and seconds per asset (wall time of the
-generate process, export included).
+Columns: R-Precision Color and Geo (the judge, or `--model` CLIP), volumetric IoU at a fixed level and at
+the exported mesh's level, Chamfer distance (world units), colour error (mean CIEDE2000 of the albedo on the
+surface) and seconds per asset (wall time of the generate process, export included).
 
 Runs are kept under `--runs` and reused: a run with an eval.json is not run again, and an interrupted run is
 resumed, so the script can be stopped and started again. The table is written to `--out` as Markdown and JSON.
@@ -142,6 +142,7 @@ def aggregate(results: list[dict[str, object]]) -> dict[str, float | None]:
         "color": mean([r["r_precision"]["color"] for r in results]),
         "geo": mean([r["r_precision"]["geo"] for r in results]),
         "iou": mean([t.get("iou") for t in truth]),
+        "iou_mesh": mean([t.get("iou_mesh_level") for t in truth]),
         "chamfer": mean([t.get("chamfer") for t in truth]),
         "delta_e": mean([t.get("delta_e") for t in truth]),
         "seconds": mean([r.get("generate_seconds") for r in results]),
@@ -159,10 +160,10 @@ def cell(value: float | None, kind: str) -> str:
 
 def markdown(table: dict[str, dict[str, dict[str, float | None]]], model_name: str) -> str:
     header = (
-        "| method | prompts | runs | R-Prec Color % | R-Prec Geo % | IoU | Chamfer | colour error (ΔE) "
-        "| s / asset |"
+        "| method | prompts | runs | R-Prec Color % | R-Prec Geo % | IoU | IoU (mesh level) | Chamfer "
+        "| colour error (ΔE) | s / asset |"
     )
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row, splits in table.items():
         for split, a in splits.items():
             cells = [
@@ -172,6 +173,7 @@ def markdown(table: dict[str, dict[str, dict[str, float | None]]], model_name: s
                 cell(a["color"], "pct"),
                 cell(a["geo"], "pct"),
                 cell(a["iou"], "iou"),
+                cell(a.get("iou_mesh"), "iou"),
                 cell(a["chamfer"], "dist"),
                 cell(a["delta_e"], "de"),
                 cell(a["seconds"], "s"),
@@ -182,7 +184,9 @@ def markdown(table: dict[str, dict[str, dict[str, float | None]]], model_name: s
         f"R-Precision by {model_name}: each of 8 renders at 30 deg elevation ranks the prompt among the "
         "suite's captions; Geo ranks textureless renders against shape-only captions, since colour cannot be "
         "seen without texture. IoU, Chamfer (world units; the scene fits in radius 0.8) and colour error are "
-        "measured against the exact scene. Runs with an empty field have no mesh, so no Chamfer or colour "
+        "measured against the exact scene. IoU counts a cell occupied where it alone is half opaque; "
+        "IoU (mesh level) uses the exported mesh's own iso level, the surface that Chamfer and colour error "
+        "are measured on. Runs with an empty field have no mesh, so no Chamfer or colour "
         "error; their IoU of 0 still counts.",
     ]
     return "\n".join(lines)
@@ -192,6 +196,7 @@ PAIRED = (
     ("color", 100.0, "R-Prec Color (points)"),
     ("geo", 100.0, "R-Prec Geo (points)"),
     ("iou", 1.0, "IoU"),
+    ("iou_mesh_level", 1.0, "IoU (mesh level)"),
     ("chamfer", 1.0, "Chamfer"),
 )
 
@@ -251,6 +256,7 @@ def ground_truth_row(model: object, prompts: tuple[SuitePrompt, ...]) -> dict[st
             "color": r_precision(scores.color_ranks[rows]),
             "geo": r_precision(scores.geo_ranks[rows]),
             "iou": 1.0,
+            "iou_mesh": 1.0,
             "chamfer": 0.0,
             "delta_e": 0.0,
             "seconds": None,
@@ -264,6 +270,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help=f"{len(QUICK_PROMPTS)} prompts, seed 0 only")
+    parser.add_argument(
+        "--prompts", help="a comma list of suite captions to run instead of all (or of --quick's)"
+    )
     parser.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma list of method rows")
     parser.add_argument("--model", default=JUDGE, help="image-text model for R-Precision (default: judge)")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "table1", help="where runs are kept")
@@ -281,6 +290,12 @@ def main() -> None:
 
     suite = evaluation_suite()
     prompts = tuple(p for p in suite if p.caption in QUICK_PROMPTS) if args.quick else suite
+    if args.prompts:
+        chosen = [c.strip() for c in args.prompts.split(",") if c.strip()]
+        unknown = [c for c in chosen if c not in {p.caption for p in suite}]
+        if unknown:
+            parser.error(f"not suite captions: {', '.join(map(repr, unknown))}")
+        prompts = tuple(p for p in suite if p.caption in chosen)
     seeds = SEEDS[:1] if args.quick else SEEDS
     wanted = [n.strip() for n in args.rows.split(",") if n.strip()]
     known = (*ROWS, *EXTRA_ROWS)

@@ -164,3 +164,27 @@ def test_a_folder_without_a_checkpoint_is_a_user_error(tmp_path: Path):
     (tmp_path / "config.yaml").write_text("prompt:\n  text: a red ball\n")
     with pytest.raises(UserError, match="no checkpoint"):
         load_run_field(tmp_path)
+
+
+class GreySceneField(SceneField):
+    """SceneField with a grey albedo, so that a mesh's colour can be read."""
+
+    def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
+        return FieldOutput(self.density(points), torch.full((points.shape[0], 3), 0.5), None)
+
+
+def test_eval_reports_the_iou_at_the_fixed_level_and_at_the_meshs_own_level():
+    from dreamfusion.evaluation.runs import EvalConfig, ground_truth_metrics
+
+    scene = scene_from_caption("a red sphere")
+    config = EvalConfig(iou_resolution=64, surface_samples=500)
+    sharp = ground_truth_metrics(GreySceneField(scene), scene, config)
+    assert sharp["iou"] >= 0.99 and sharp["iou_mesh_level"] >= 0.99
+    assert sharp["chamfer"] < 0.02
+    # Density 4 is far below the fixed level (ln 2 / cell = 15.8 here), but 1.2 units of it make every line
+    # through the sphere opaque: the mesh (level 2, the middle of the step) is the sphere, the fixed level
+    # finds nothing.
+    soft = ground_truth_metrics(GreySceneField(scene, sigma=4.0), scene, config)
+    assert soft["iou"] == 0.0 and soft["iou_level"] == pytest.approx(occupancy_threshold(2 * 1.4 / 64))
+    assert soft["iou_mesh_level"] >= 0.99 and soft["mesh_level"] == pytest.approx(2.0, rel=0.05)
+    assert soft["chamfer"] < 0.02 and "mesh_level" in soft["surface_note"]

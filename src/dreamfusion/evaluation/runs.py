@@ -8,8 +8,9 @@ For every run:
   caption among the suite's shape captions, because a textureless render shows no colour. A prompt outside
   the suite joins the candidates; one the world cannot read has no shape caption and no Geo score.
 - **Ground truth**, when the prompt is a caption of the procedural world: the volumetric IoU of the
-  thresholded density (`geometry.py`), the Chamfer distance from the extracted mesh to the true surface and
-  the mean CIEDE2000 between the field's albedo on that mesh and the true albedo (`surface.py`).
+  thresholded density (`geometry.py`) at two levels, a fixed one (`iou`: a cell alone half opaque) and the
+  exported mesh's own (`iou_mesh_level`); the Chamfer distance from that mesh to the true surface and the
+  mean CIEDE2000 between the field's albedo on that mesh and the true albedo (`surface.py`).
 - **Time**: the optimisation's own seconds, summed from metrics.jsonl.
 
 The image-text model is the project's world judge by default (`judge.py`), or any CLIP by Hugging Face id or
@@ -28,7 +29,13 @@ import torch
 import trimesh
 
 from dreamfusion.errors import UserError
-from dreamfusion.evaluation.geometry import load_run_field, volumetric_iou
+from dreamfusion.evaluation.geometry import (
+    default_bound,
+    grid_iou,
+    load_run_field,
+    occupancy_threshold,
+    scene_occupancy_grid,
+)
 from dreamfusion.evaluation.image_text import ImageTextModel
 from dreamfusion.evaluation.rprecision import r_precision, view_ranks
 from dreamfusion.evaluation.suite import (
@@ -40,6 +47,7 @@ from dreamfusion.evaluation.suite import (
 )
 from dreamfusion.evaluation.surface import albedo_delta_e, chamfer_to_scene
 from dreamfusion.fields.base import Field
+from dreamfusion.fields.grid import density_grid
 from dreamfusion.fields.mesh import MeshConfig, extract_mesh
 from dreamfusion.render.background import SolidBackground
 from dreamfusion.render.cameras import orbit_cameras
@@ -128,12 +136,32 @@ def rprecision_scores(
 
 
 def ground_truth_metrics(field: Field, scene: Scene, config: EvalConfig) -> dict[str, object]:
-    """IoU, Chamfer and colour error against the scene's exact geometry and albedo."""
-    result: dict[str, object] = {"iou": volumetric_iou(field, scene, config.iou_resolution)}
+    """IoU, Chamfer and colour error against the scene's exact geometry and albedo.
+
+    Two iso levels of one density grid: `iou` counts a cell occupied where it alone is half opaque
+    (`occupancy_threshold`, the same for every field); `iou_mesh_level` uses the exported mesh's own level
+    (`half_opacity_threshold`), the surface that Chamfer and the colour error are measured on.
+    """
+    bound = default_bound(field)
+    cell = 2.0 * bound / config.iou_resolution
+    grid = density_grid(field, config.iou_resolution, bound)
+    truth = scene_occupancy_grid(scene, config.iou_resolution, bound)
+    cell_level = occupancy_threshold(cell)
+    result: dict[str, object] = {
+        "iou": grid_iou(grid >= cell_level, truth),
+        "iou_level": cell_level,
+    }
     try:
-        mesh = extract_mesh(field, MeshConfig()).mesh
+        extracted = extract_mesh(field, MeshConfig())
     except UserError as exc:  # an empty field has no mesh: the IoU above already says how bad that is
-        return result | {"chamfer": None, "delta_e": None, "mesh_note": str(exc)}
+        return result | {
+            "iou_mesh_level": 0.0,
+            "mesh_level": None,
+            "chamfer": None,
+            "delta_e": None,
+            "mesh_note": str(exc),
+        }
+    mesh = extracted.mesh
     generator = torch.Generator().manual_seed(config.seed)
     chamfer = chamfer_to_scene(mesh, scene, config.surface_samples, generator)
     points = torch.from_numpy(
@@ -142,10 +170,13 @@ def ground_truth_metrics(field: Field, scene: Scene, config: EvalConfig) -> dict
     with torch.no_grad():
         albedo = field(points).albedo
     return result | {
+        "iou_mesh_level": grid_iou(grid >= extracted.threshold, truth),
+        "mesh_level": extracted.threshold,
         "chamfer": chamfer.chamfer,
         "chamfer_mesh_to_scene": chamfer.mesh_to_scene,
         "chamfer_scene_to_mesh": chamfer.scene_to_mesh,
         "delta_e": albedo_delta_e(points, albedo, scene),
+        "surface_note": "chamfer and delta_e use the exported mesh, the iso surface at mesh_level",
     }
 
 

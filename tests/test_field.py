@@ -23,6 +23,7 @@ from dreamfusion.fields.hashgrid import (
     level_multipliers,
     level_resolutions,
 )
+from dreamfusion.fields.sdf import SdfConfig, SdfTriplaneField, laplace_density
 from dreamfusion.fields.triplane import TriplaneConfig, TriplaneField
 
 # Small fields so the whole file runs in a few seconds. The hash grid has 2 dense levels (R = 4, 10: 16^3
@@ -38,6 +39,7 @@ SMALL = {
             levels=4, features_per_level=2, log2_table_size=12, base_resolution=4, max_resolution=64
         ),
     ),
+    "sdf": FieldConfig(kind="sdf", sdf=SdfConfig(resolution=16, channels=8), hidden_width=16),
 }
 KINDS = list(SMALL)
 
@@ -292,8 +294,8 @@ def test_gradients_reach_every_parameter(kind, through):
         loss = loss + (out.density * torch.randn(300, generator=generator)).sum() + out.albedo.sum()
     loss.backward()
     for name, parameter in field.named_parameters():
-        if through == "normals only" and name == "out.bias":
-            continue  # a constant shift of the pre-activation cannot change its gradient
+        if through == "normals only" and name in ("out.bias", "log_beta"):
+            continue  # a constant shift of the pre-activation, or the SDF's sharpness, cannot turn a normal
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
         assert parameter.grad.abs().sum() > 0, name
     groups = field.parameter_groups()
@@ -303,9 +305,31 @@ def test_gradients_reach_every_parameter(kind, through):
 @pytest.mark.parametrize("kind", KINDS)
 def test_same_seed_same_parameters(kind):
     first, again, other = make_field(kind, seed=7), make_field(kind, seed=7), make_field(kind, seed=8)
-    for a, b, c in zip(first.parameters(), again.parameters(), other.parameters(), strict=True):
+    for (name, a), b, c in zip(first.named_parameters(), again.parameters(), other.parameters(), strict=True):
         assert torch.equal(a, b)
-        assert not torch.equal(a, c)
+        assert name == "log_beta" or not torch.equal(a, c)  # the SDF's sharpness starts at beta_init
+
+
+def test_laplace_density_is_one_over_beta_inside_half_that_on_the_surface_and_decays_outside():
+    beta = torch.tensor(0.05)
+    sdf = torch.tensor([-10.0, -0.05, 0.0, 0.05, 10.0])
+    density = laplace_density(sdf, beta)
+    expected = torch.tensor([20.0, 20 * (1 - 0.5 * torch.e**-1), 10.0, 10 * torch.e**-1, 0.0])
+    torch.testing.assert_close(density, expected)
+
+
+def test_sdf_field_starts_as_a_sphere_of_the_blob_radius_with_a_zero_eikonal_term():
+    field = make_field("sdf")
+    roughen(field)
+    with torch.no_grad():
+        field.out.weight[0] = 0
+        field.out.bias[0] = 0
+    points = ball_points(300, field.bound)
+    out = field(points, with_normals=True)
+    torch.testing.assert_close(out.eikonal, torch.zeros(300), atol=1e-6, rtol=0)
+    on_surface = torch.nn.functional.normalize(points, dim=-1) * field.config.blob_radius
+    torch.testing.assert_close(field.density(on_surface), torch.full((300,), 0.5 / field.beta().item()))
+    assert field.beta().item() == pytest.approx(field.config.sdf.beta_init)
 
 
 def test_hashgrid_table_init_range():
@@ -316,6 +340,7 @@ def test_hashgrid_table_init_range():
 def test_build_field_dispatches_on_kind():
     assert type(build_field(SMALL["triplane"])) is TriplaneField
     assert type(build_field(SMALL["hashgrid"])) is HashGridField
+    assert type(build_field(SMALL["sdf"])) is SdfTriplaneField
     with pytest.raises(ValueError, match="kind"):
         build_field(FieldConfig(kind="voxels"))
 

@@ -16,12 +16,14 @@ import torch
 
 from dreamfusion.fields.base import Field
 from dreamfusion.fields.hashgrid import HashGridConfig
+from dreamfusion.fields.sdf import SdfConfig
 from dreamfusion.fields.triplane import TriplaneConfig
 
 
 @dataclass(frozen=True)
 class FieldConfig:
-    kind: str = "triplane"  # the name of one section below: "triplane" (CPU default) or "hashgrid"
+    # The name of one section below: "triplane" (CPU default), "hashgrid" or "sdf" (signed distance)
+    kind: str = "triplane"
     bound: float = 1.4  # radius of the bounding sphere (App. A.2)
     # "Blob" initialisation (App. A.2): tau_init(x) = lambda (1 - ||x|| / sigma) added to the pre-activation.
     blob_strength: float = 5.0  # lambda
@@ -30,6 +32,7 @@ class FieldConfig:
     # One section per kind of field.
     triplane: TriplaneConfig = dataclasses.field(default_factory=TriplaneConfig)
     hashgrid: HashGridConfig = dataclasses.field(default_factory=HashGridConfig)
+    sdf: SdfConfig = dataclasses.field(default_factory=SdfConfig)
 
     def __post_init__(self) -> None:
         if self.kind not in field_kinds():

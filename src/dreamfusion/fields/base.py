@@ -24,6 +24,8 @@ class FieldOutput:
     density: Tensor  # (N,) >= 0, per unit length
     albedo: Tensor  # (N, 3) in [0, 1]
     normals: Tensor | None  # (N, 3) unit length, outward (-grad density), or None when not asked for
+    # (N,) (|grad s| - 1)^2 for a field with a signed distance s, computed with the normals; else None
+    eikonal: Tensor | None = None
 
 
 def blob_preactivation(points: Tensor, strength: float, radius: float) -> Tensor:
@@ -56,6 +58,11 @@ class Field(nn.Module):
     def detail_resolution(self) -> int | None:
         """Cells per axis of the field's finest features across its box, or None when it has no grid (an
         analytic shape): how finely a mesh of it is worth sampling."""
+        return None
+
+    def smoothness(self) -> Tensor | None:
+        """A differentiable measure of the field's high-frequency content (`loss.smoothness_weight` scales
+        it), or None when the field has none to offer."""
         return None
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:

@@ -34,12 +34,15 @@ class TriplaneConfig:
 
     resolution: int = 64  # texels per side
     channels: int = 16
+    init_std: float = 0.1  # the planes start as Gaussian noise of this deviation
 
     def __post_init__(self) -> None:
         if self.resolution < 4:
             raise ValueError(f"resolution must be >= 4, got {self.resolution}")
         if self.channels <= 0:
             raise ValueError(f"channels must be > 0, got {self.channels}")
+        if self.init_std < 0:
+            raise ValueError(f"init_std must be >= 0, got {self.init_std}")
 
     def build(self, config: FieldConfig, generator: torch.Generator | None) -> Field:
         return TriplaneField(config, generator)
@@ -52,12 +55,18 @@ class TriplaneField(Field):
 
     PLANE_AXES = ((0, 1), (0, 2), (1, 2))
 
-    def __init__(self, config: FieldConfig, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        config: FieldConfig,
+        generator: torch.Generator | None = None,
+        planes: TriplaneConfig | None = None,
+    ):
         super().__init__()
         self.config = config
+        self.plane_config = planes = planes or config.triplane  # another field kind may bring its own
         self.bound = config.bound
-        c, r, h = config.triplane.channels, config.triplane.resolution, config.hidden_width
-        self.planes = nn.Parameter(0.1 * torch.randn(3, c, r, r, generator=generator))
+        c, r, h = planes.channels, planes.resolution, config.hidden_width
+        self.planes = nn.Parameter(planes.init_std * torch.randn(3, c, r, r, generator=generator))
         self.hidden = nn.Linear(c, h)
         self.out = nn.Linear(h, 4)  # density pre-activation + 3 albedo logits
         init_linear(self.hidden, generator)
@@ -82,7 +91,7 @@ class TriplaneField(Field):
         That is a grid_sample of the difference plane at the cell's left node: first-order differentiable
         in the planes, no double backward needed. All six difference planes go through one grid_sample.
         """
-        r = self.config.triplane.resolution
+        r = self.plane_config.resolution
         u = (points / self.bound).detach()
         # Cell index along each axis, and the coordinate of its left node on an r-texel grid.
         cell = ((u + 1) * 0.5 * (r - 1)).floor().clamp(0, r - 2)
@@ -109,36 +118,52 @@ class TriplaneField(Field):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"grid": [self.planes], "mlp": [*self.hidden.parameters(), *self.out.parameters()]}
 
-    def detail_resolution(self) -> int:
-        return self.config.triplane.resolution
+    def smoothness(self) -> Tensor:
+        """Total variation of the planes: the mean squared difference of neighbouring texels. Texels that
+        no ray sample reaches get no gradient from the renders, and the normals (derivatives, so 22 times the
+        texel differences per unit length at 64 texels) carry their noise; this pulls them toward their
+        neighbours."""
+        planes = self.planes
+        across = (planes[:, :, :, 1:] - planes[:, :, :, :-1]).square().mean()
+        down = (planes[:, :, 1:, :] - planes[:, :, :-1, :]).square().mean()
+        return across + down
 
-    def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
+    def detail_resolution(self) -> int:
+        return self.plane_config.resolution
+
+    def head(self, points: Tensor, with_gradient: bool = False) -> tuple[Tensor, Tensor | None]:
+        """The MLP's (N, 4) output (density pre-activation before the blob, then 3 albedo logits), and with
+        `with_gradient` the (N, 3) gradient of its first column with respect to the points."""
         feats = self._features(points)
         pre_hidden = self.hidden(feats)
-        hidden = F.silu(pre_hidden)
-        out = self.out(hidden)
+        out = self.out(F.silu(pre_hidden))
+        if not with_gradient:
+            return out, None
+        # The chain rule through the MLP: d out0 / dx = J (W_h^T (silu'(h) * w_out)), with J = d features /
+        # dx (N, 3, C). Contracting the hidden layer first costs N x C x H once, not per axis, and never
+        # builds an (N, 3, H) tensor: a third of the work of pushing J forward, forward and backward.
+        sig = torch.sigmoid(pre_hidden)
+        silu_slope = sig * (1 + pre_hidden * (1 - sig))  # d silu(h) / dh
+        d_features = (silu_slope * self.out.weight[0]) @ self.hidden.weight  # (N, C)
+        # J @ d_features, contracted over channels first: (6, C, N) x (N, C) -> (6, N), then to the
+        # three axes. Contracting J's (N, 3, C) form instead ran N tiny batched matmuls.
+        derivatives, to_axis = self._feature_jacobian(points)
+        return out, (derivatives * d_features.T).sum(1).T @ to_axis  # (N, 3)
+
+    def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
+        out, d_out = self.head(points, with_normals)
         cfg = self.config
         pre_density = out[:, 0] + blob_preactivation(points, cfg.blob_strength, cfg.blob_radius)
         density = density_activation(pre_density)
         albedo = torch.sigmoid(out[:, 1:])
         normals = None
-        if with_normals:
-            # The chain rule through the MLP: d pre / dx = J (W_h^T (silu'(h) * w_out)), with J = d features /
-            # dx (N, 3, C). Contracting the hidden layer first costs N x C x H once, not per axis, and never
-            # builds an (N, 3, H) tensor: a third of the work of pushing J forward, forward and backward.
-            sig = torch.sigmoid(pre_hidden)
-            silu_slope = sig * (1 + pre_hidden * (1 - sig))  # d silu(h) / dh
-            d_features = (silu_slope * self.out.weight[0]) @ self.hidden.weight  # (N, C)
-            # J @ d_features, contracted over channels first: (6, C, N) x (N, C) -> (6, N), then to the
-            # three axes. Contracting J's (N, 3, C) form instead ran N tiny batched matmuls.
-            derivatives, to_axis = self._feature_jacobian(points)
-            d_pre = (derivatives * d_features.T).sum(1).T @ to_axis  # (N, 3)
-            d_pre = d_pre + blob_preactivation_gradient(points, cfg.blob_strength, cfg.blob_radius)
+        if d_out is not None:
+            d_pre = d_out + blob_preactivation_gradient(points, cfg.blob_strength, cfg.blob_radius)
             # exp is monotone, so grad(density) points along grad(pre-activation).
             normals = -F.normalize(d_pre, dim=-1, eps=1e-12)
         return FieldOutput(density=density, albedo=albedo, normals=normals)
 
     def density(self, points: Tensor) -> Tensor:
-        out = self.out(F.silu(self.hidden(self._features(points))))
+        out, _ = self.head(points)
         cfg = self.config
         return density_activation(out[:, 0] + blob_preactivation(points, cfg.blob_strength, cfg.blob_radius))

@@ -28,6 +28,7 @@ class RenderOutput:
     sample_normals: Tensor | None  # (B, H, W, S, 3) per-sample normals (zero where skipped)
     directions: Tensor  # (B, H, W, 3) unit ray directions
     background: Tensor  # (B, H, W, 3) the background behind the object
+    eikonal: Tensor | None = None  # () mean of the field's eikonal term over the evaluated samples, if any
 
 
 @dataclass(frozen=True)
@@ -107,4 +108,5 @@ def render(
         sample_normals=sample_normals,
         directions=rays.directions,
         background=background_image,
+        eikonal=None if out.eikonal is None or out.eikonal.numel() == 0 else out.eikonal.mean(),
     )

@@ -15,9 +15,15 @@ class LossConfig:
     orientation_ramp_fraction: float = 5000 / 15000
     # Opacity loss sqrt((sum_i w_i)^2 + 0.01) per ray; the paper's useful range is 1e-3 .. 5e-3.
     opacity_weight: float = 1e-3
+    # Not in the paper (0 there): the field's own smoothness term (Field.smoothness; for the triplane, the
+    # total variation of its planes).
+    smoothness_weight: float = 0.0
+    # The eikonal term of a field with a signed distance (field.kind=sdf); fields without one ignore it.
+    eikonal_weight: float = 0.1
 
     def __post_init__(self) -> None:
-        if min(self.orientation_weight, self.orientation_weight_start, self.opacity_weight) < 0:
+        weights = (self.orientation_weight, self.orientation_weight_start, self.opacity_weight)
+        if min(*weights, self.smoothness_weight, self.eikonal_weight) < 0:
             raise ValueError("loss weights must be >= 0")
 
 

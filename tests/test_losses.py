@@ -26,3 +26,20 @@ def test_opacity_loss_value():
     assert math.isclose(
         float(opacity_loss(torch.tensor([0.0, 1.0]))), (0.1 + math.sqrt(1.01)) / 2, rel_tol=1e-6
     )
+
+
+def test_distortion_loss_equals_its_double_sum_and_prefers_gathered_weights():
+    from dreamfusion.training.losses import distortion_loss
+
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.rand(5, 12, generator=generator) / 12
+    distances = torch.sort(torch.rand(5, 12, generator=generator) * 3, dim=-1).values
+    deltas = torch.rand(5, 12, generator=generator) * 0.1
+    pairs = weights[:, :, None] * weights[:, None, :] * (distances[:, :, None] - distances[:, None, :]).abs()
+    expected = (pairs.sum((1, 2)) + (weights.square() * deltas).sum(-1) / 3).mean()
+    torch.testing.assert_close(distortion_loss(weights, distances, deltas), expected)
+    # The same total weight in one sample costs less than spread over the ray.
+    spread = torch.full((1, 12), 1 / 12)
+    gathered = torch.zeros(1, 12).index_fill(1, torch.tensor([5]), 1.0)
+    t, d = torch.linspace(0, 3, 12)[None], torch.full((1, 12), 0.25)
+    assert distortion_loss(gathered, t, d) < 0.2 * distortion_loss(spread, t, d)

@@ -25,6 +25,8 @@ class RenderOutput:
     depth: Tensor  # (B, H, W) expected distance along the ray, normalised by opacity
     normals: Tensor | None  # (B, H, W, 3) composited world-space normals (None when not computed)
     weights: Tensor  # (B, H, W, S) compositing weights per sample (for the regularisers)
+    distances: Tensor  # (B, H, W, S) distance of each sample from the camera
+    deltas: Tensor  # (B, H, W, S) length of ray each sample stands for
     sample_normals: Tensor | None  # (B, H, W, S, 3) per-sample normals (zero where skipped)
     directions: Tensor  # (B, H, W, 3) unit ray directions
     background: Tensor  # (B, H, W, 3) the background behind the object
@@ -105,6 +107,8 @@ def render(
         depth=depth.view(b, h, w),
         normals=normals,
         weights=weights.view(b, h, w, s),
+        distances=samples.distances.view(b, h, w, s),
+        deltas=samples.deltas.view(b, h, w, s),
         sample_normals=sample_normals,
         directions=rays.directions,
         background=background_image,

@@ -38,7 +38,7 @@ from dreamfusion.render.shading import ShadingMode, choose_shading
 from dreamfusion.render.views import grid_image, render_views, save_png_atomic
 from dreamfusion.run.config import CHECKPOINT_FORMAT, Config, render_resolution
 from dreamfusion.run.log import append_record, last_record, prune_checkpoints, truncate_records
-from dreamfusion.training.losses import opacity_loss, orientation_loss
+from dreamfusion.training.losses import distortion_loss, opacity_loss, orientation_loss
 from dreamfusion.training.schedules import LinearRamp, WarmupCosine
 
 
@@ -151,6 +151,10 @@ class Trainer:
             total = total + cfg.loss.smoothness_weight * smoothness
         if out.eikonal is not None:
             total = total + cfg.loss.eikonal_weight * out.eikonal
+        distortion = None
+        if cfg.loss.distortion_weight > 0:
+            distortion = distortion_loss(out.weights, out.distances, out.deltas)
+            total = total + cfg.loss.distortion_weight * distortion
 
         lr_scale = self.lr_schedule(step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
@@ -173,6 +177,8 @@ class Trainer:
             regularisers += cfg.loss.smoothness_weight * float(smoothness.detach())
         if out.eikonal is not None:
             regularisers += cfg.loss.eikonal_weight * float(out.eikonal.detach())
+        if distortion is not None:
+            regularisers += cfg.loss.distortion_weight * float(distortion.detach())
         return StepMetrics(
             step=self.step,
             loss=0.5 * float(grad.square().mean()) + regularisers,

@@ -146,3 +146,14 @@ def test_a_config_written_before_the_sections_moved_still_reads_with_its_values(
     assert config.field.hashgrid.max_resolution == 96
     assert config.guidance.target.shape == "mug"
     assert config.guidance.diffusers.attention_slicing is True
+
+
+def test_the_section_of_a_field_kind_the_run_does_not_use_cannot_make_it_unreadable(tmp_path: Path):
+    from dreamfusion.run.config import read_run_config
+
+    (tmp_path / "config.yaml").write_text(
+        "field:\n  kind: triplane\n  triplane:\n    resolution: 32\n"
+        "  sdf:\n    beta_init: 9.0\n    retired_key: 1\n"
+    )
+    config = read_run_config(tmp_path)
+    assert config.field.triplane.resolution == 32 and config.field.sdf == type(config.field.sdf)()

@@ -16,7 +16,7 @@ import torch
 from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
 from dreamfusion.config import apply_overrides, from_dict, load_yaml_overrides, merge_dicts, to_dict
 from dreamfusion.errors import UserError
-from dreamfusion.fields import FieldConfig, build_field
+from dreamfusion.fields import FieldConfig, build_field, field_kinds
 from dreamfusion.fields.base import Field
 from dreamfusion.guidance import BACKENDS, GuidanceConfig
 from dreamfusion.guidance.base import Guidance
@@ -183,7 +183,15 @@ RENAMED_KEYS = {
 
 
 def migrate_keys(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` (a parsed config.yaml) with renamed keys moved to their new places."""
+    """`data` (a parsed config.yaml) with renamed keys moved to their new places, and the sections of field
+    kinds the run does not use dropped: they were never read, and a later change to one of their defaults
+    or checks must not make an old run folder unreadable."""
+    field = data.get("field")
+    if isinstance(field, dict):
+        used = field.get("kind", FieldConfig.kind)
+        for kind in field_kinds():
+            if kind != used:
+                field.pop(kind, None)
     for (section, old), new in RENAMED_KEYS.items():
         part = data.get(section)
         if isinstance(part, dict) and old in part:

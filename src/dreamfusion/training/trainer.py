@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dreamfusion.checkpoint import Checkpoint, save_checkpoint
+from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from dreamfusion.config import dump_yaml
 from dreamfusion.errors import UserError
 from dreamfusion.fields import build_field
@@ -146,15 +146,18 @@ class Trainer:
         )
         opacity = opacity_loss(out.opacity)
         total = sds_surrogate + orientation_weight * orient + cfg.loss.opacity_weight * opacity
-        smoothness = self.field.smoothness() if cfg.loss.smoothness_weight > 0 else None
-        if smoothness is not None:
-            total = total + cfg.loss.smoothness_weight * smoothness
+        # The options outside the paper, each (weight, term); none of them in the paper preset.
+        extras = []
+        if cfg.loss.smoothness_weight > 0 and (smoothness := self.field.smoothness()) is not None:
+            extras.append((cfg.loss.smoothness_weight, smoothness))
         if out.eikonal is not None:
-            total = total + cfg.loss.eikonal_weight * out.eikonal
-        distortion = None
+            extras.append((cfg.loss.eikonal_weight, out.eikonal))
         if cfg.loss.distortion_weight > 0:
-            distortion = distortion_loss(out.weights, out.distances, out.deltas)
-            total = total + cfg.loss.distortion_weight * distortion
+            extras.append(
+                (cfg.loss.distortion_weight, distortion_loss(out.weights, out.distances, out.deltas))
+            )
+        for weight, term in extras:
+            total = total + weight * term
 
         lr_scale = self.lr_schedule(step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
@@ -173,12 +176,7 @@ class Trainer:
 
         orient, opacity = float(orient.detach()), float(opacity.detach())
         regularisers = orientation_weight * orient + cfg.loss.opacity_weight * opacity
-        if smoothness is not None:
-            regularisers += cfg.loss.smoothness_weight * float(smoothness.detach())
-        if out.eikonal is not None:
-            regularisers += cfg.loss.eikonal_weight * float(out.eikonal.detach())
-        if distortion is not None:
-            regularisers += cfg.loss.distortion_weight * float(distortion.detach())
+        regularisers += sum(weight * float(term.detach()) for weight, term in extras)
         return StepMetrics(
             step=self.step,
             loss=0.5 * float(grad.square().mean()) + regularisers,
@@ -250,10 +248,8 @@ class Trainer:
         append_record(self.run_dir / "metrics.jsonl", record)
 
     def _diverged_message(self) -> str:
-        saved = sorted((self.run_dir / "checkpoints").glob("step_*.safetensors"))
-        kept = (
-            f"its last checkpoint, {saved[-1].name}, is kept" if saved else "no checkpoint had been saved yet"
-        )
+        saved = latest_checkpoint(self.run_dir / "checkpoints")
+        kept = f"its last checkpoint, {saved.name}, is kept" if saved else "no checkpoint had been saved yet"
         return (
             f"training diverged: {self.skipped_in_a_row} steps in a row up to step {self.step} had a "
             f"non-finite loss or gradient and were skipped; {kept} (lower optim.lr_grid or try another seed)"

@@ -39,7 +39,7 @@ FIDELITY_SIZE = 64
 
 
 def build_field(case: str):
-    from dreamfusion.export.pipeline import load_run_checkpoint
+    from dreamfusion.exporter.pipeline import load_run_checkpoint
     from dreamfusion.fields.analytic import AnalyticField
 
     if case == ANALYTIC:
@@ -50,7 +50,7 @@ def build_field(case: str):
 
 def fidelity(field, textured) -> dict:
     """Silhouette IoU per view and mean colour errors of the mesh's renders against the field's."""
-    from dreamfusion.export.preview import render_mesh
+    from dreamfusion.exporter.preview import render_mesh
     from dreamfusion.render.background import SolidBackground
     from dreamfusion.render.cameras import orbit_cameras
     from dreamfusion.render.lights import LightConfig
@@ -90,8 +90,8 @@ def run_case(
 def measure_case(
     case: str, resolution: int, faces: int | None, texture_size: int, repeats: int, video: bool
 ) -> dict:
-    from dreamfusion.export.pipeline import ExportConfig, export_field
-    from dreamfusion.export.texture import TextureConfig, texture_mesh
+    from dreamfusion.exporter.pipeline import ExportConfig, export_field
+    from dreamfusion.exporter.texture import TextureConfig, texture_mesh
     from dreamfusion.fields.mesh import MeshConfig, extract_mesh
 
     field = build_field(case)

@@ -243,7 +243,7 @@ def test_ctrl_c_while_loading_leaves_nothing(capsys, tmp_path, monkeypatch):
     def interrupted(*_args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("dreamfusion.commands.generate.load_guidance", interrupted)
+    monkeypatch.setattr("dreamfusion.api.load_guidance", interrupted)
     out = tmp_path / "run"
     code, _, err = cli(capsys, "generate", "a ball", "--preset", "target", "--out", str(out))
     assert code == EXIT_INTERRUPTED and "interrupted" in err and "Traceback" not in err

@@ -28,11 +28,11 @@ def loaded_by(module: str, prefix: str) -> list[str]:
 
 
 def test_export_and_evaluation_read_runs_without_the_trainer_or_each_other():
-    assert loaded_by("dreamfusion.export.pipeline", "dreamfusion.evaluation") == []
-    assert loaded_by("dreamfusion.export.pipeline", "dreamfusion.training.trainer") == []
+    assert loaded_by("dreamfusion.exporter.pipeline", "dreamfusion.evaluation") == []
+    assert loaded_by("dreamfusion.exporter.pipeline", "dreamfusion.training.trainer") == []
     assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.training.trainer") == []
     # Both measure or write one surface, fields.mesh, which sits below them.
-    assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.export") == []
+    assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.exporter") == []
 
 
 def test_evaluation_does_not_read_the_prior_trainer():
@@ -43,5 +43,5 @@ def test_evaluation_does_not_read_the_prior_trainer():
 
 def test_help_loads_no_backend_exporter_or_judge():
     """Each command imports its heavy parts when it runs, so `dreamfusion --help` stays quick."""
-    for prefix in ("dreamfusion.export", "dreamfusion.evaluation", "dreamfusion.prior", "diffusers"):
+    for prefix in ("dreamfusion.exporter", "dreamfusion.evaluation", "dreamfusion.prior", "diffusers"):
         assert loaded_by("dreamfusion.commands", prefix) == [], prefix

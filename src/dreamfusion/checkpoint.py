@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import RunFolderError
 from dreamfusion.files import atomic_path
 
 FORMAT_MARKER = "dreamfusion-checkpoint"
@@ -160,7 +160,7 @@ def _write_atomically(path: Path, payload: bytes) -> None:
             file.flush()
             os.fsync(file.fileno())
     except OSError as exc:
-        raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+        raise RunFolderError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
     _fsync_folder(path.parent)
 
 
@@ -189,27 +189,31 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     path = Path(path)
     device = torch.device(map_location)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist or is not a file")
+        raise RunFolderError(f"checkpoint {path} does not exist or is not a file")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as file:
             header = file.metadata() or {}
             _check_format(path, header)
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except SafetensorError as exc:
-        raise UserError(f"checkpoint {path} is corrupt or not a safetensors file: {_one_line(exc)}") from exc
+        raise RunFolderError(
+            f"checkpoint {path} is corrupt or not a safetensors file: {_one_line(exc)}"
+        ) from exc
     except OSError as exc:
-        raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+        raise RunFolderError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
     try:
         return _deserialise(header, tensors, device)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"checkpoint {path} has a corrupt header: {_one_line(exc)}") from exc
+        raise RunFolderError(f"checkpoint {path} has a corrupt header: {_one_line(exc)}") from exc
 
 
 def _check_format(path: Path, header: Mapping[str, str]) -> None:
     if header.get("format") != FORMAT_MARKER:
-        raise UserError(f"{path} is not a dreamfusion checkpoint (no {FORMAT_MARKER!r} marker in its header)")
+        raise RunFolderError(
+            f"{path} is not a dreamfusion checkpoint (no {FORMAT_MARKER!r} marker in its header)"
+        )
     if header.get("version") != str(FORMAT_VERSION):
-        raise UserError(
+        raise RunFolderError(
             f"checkpoint {path} has format version {header.get('version')!r}; this dreamfusion reads version "
             f"{FORMAT_VERSION}"
         )

@@ -34,7 +34,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from dreamfusion import __version__
-from dreamfusion.errors import UserError
+from dreamfusion.errors import SettingsError, UserError
 
 T = TypeVar("T")
 
@@ -198,27 +198,27 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
 def _build(cls: type[T], data: Any, path: str, key_types: Mapping[str, Any]) -> T:
     if not isinstance(data, Mapping):
         where = f"config section {path!r}" if path else "the config"
-        raise UserError(f"{where} must be a mapping of keys, got {_show(data)}")
+        raise SettingsError(f"{where} must be a mapping of keys, got {_show(data)}")
     field_types = dict(_fields(cls))
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = _join(path, name)
         if not isinstance(name, str) or name not in field_types:
-            raise UserError(_unknown_key_message(key, key_types, path))
+            raise SettingsError(_unknown_key_message(key, key_types, path))
         try:
             kwargs[name] = _convert(field_types[name], value, key, key_types)
         except _Mismatch:
-            raise UserError(_mismatch_message(key, field_types[name], value)) from None
+            raise SettingsError(_mismatch_message(key, field_types[name], value)) from None
     for field in dataclasses.fields(cls):
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         if field.init and required and field.name not in kwargs:
-            raise UserError(f"missing config key {_join(path, field.name)!r}")
+            raise SettingsError(f"missing config key {_join(path, field.name)!r}")
     try:
         return cls(**kwargs)
     except (ValueError, UserError) as exc:
         # __post_init__ does not know where its dataclass sits in the config; the section name does.
         where = f"invalid config section {path!r}" if path else "invalid config"
-        raise UserError(f"{where}: {exc}") from exc
+        raise SettingsError(f"{where}: {exc}") from exc
 
 
 def _convert(tp: Any, value: Any, key: str, key_types: Mapping[str, Any]) -> Any:
@@ -308,12 +308,12 @@ def apply_overrides(obj: T, overrides: Sequence[str]) -> T:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise UserError(f"override {item!r} is not key=value (for example train.steps=200)")
+            raise SettingsError(f"override {item!r} is not key=value (for example train.steps=200)")
         if key not in key_types:
             section = key.rpartition(".")[0]
             while section and section not in key_types:
                 section = section.rpartition(".")[0]
-            raise UserError(_unknown_key_message(key, key_types, section))
+            raise SettingsError(_unknown_key_message(key, key_types, section))
         _set(data, key.split("."), _parse_override_value(text.strip(), key_types[key]))
     return from_dict(cls, data)
 
@@ -372,17 +372,19 @@ def load_yaml_overrides(source: Path | str) -> dict[str, Any]:
             text = source.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise UserError(f"cannot read config file {name!r}: {reason}") from exc
+            raise SettingsError(f"cannot read config file {name!r}: {reason}") from exc
     else:
         name, text = "<config text>", source
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise UserError(f"invalid YAML in {name!r}: {_yaml_problem(exc)}") from exc
+        raise SettingsError(f"invalid YAML in {name!r}: {_yaml_problem(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{name!r} must hold a mapping of config keys at the top level, got {_show(data)}")
+        raise SettingsError(
+            f"{name!r} must hold a mapping of config keys at the top level, got {_show(data)}"
+        )
     return data
 
 

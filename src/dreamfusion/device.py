@@ -14,7 +14,7 @@ import platform
 
 import torch
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import SettingsError
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -24,13 +24,13 @@ def pick_device(requested: str | None = None) -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError as exc:
-        raise UserError(f"unknown device {requested!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+        raise SettingsError(f"unknown device {requested!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
+        raise SettingsError(
             f"device {requested!r} was asked for but this machine has no CUDA device; use --device cpu"
         )
     if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device {requested!r} is not supported; use 'auto', 'cpu' or 'cuda'")
+        raise SettingsError(f"device {requested!r} is not supported; use 'auto', 'cpu' or 'cuda'")
     return device
 
 
@@ -40,7 +40,7 @@ def prior_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
         return torch.float16 if device.type == "cuda" else torch.float32
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if precision not in table:
-        raise UserError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
+        raise SettingsError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
     return table[precision]
 
 
@@ -53,7 +53,7 @@ def cpu_threads(requested: int | None = None) -> int:
     cores; it lags by a minute, which is fine for a run that lasts longer."""
     if requested is not None:
         if requested < 1:
-            raise UserError(f"--threads must be at least 1, got {requested}")
+            raise SettingsError(f"--threads must be at least 1, got {requested}")
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0

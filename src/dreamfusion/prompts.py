@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import SettingsError
 
 VIEW_WORDS = ("front", "side", "back", "overhead")
 
@@ -45,5 +45,5 @@ def with_view(prompt: str, view: str) -> str:
 def validate_prompt(prompt: str) -> str:
     cleaned = " ".join(prompt.split())
     if not cleaned:
-        raise UserError('the prompt is empty: describe the object, e.g. dreamfusion generate "a red mug"')
+        raise SettingsError('the prompt is empty: describe the object, e.g. dreamfusion generate "a red mug"')
     return cleaned

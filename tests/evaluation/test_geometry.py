@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import dreamfusion.commands.generate as generate
+import dreamfusion.api as api
 from dreamfusion.commands import main
 from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import (
@@ -136,13 +136,13 @@ SMALL_RUN = [
 
 def test_a_run_folder_loads_back_into_the_trainers_field(tmp_path, monkeypatch):
     trainers = []
-    run_training = generate.run_training
+    train_and_export = api._train_and_export
 
-    def keep_trainer(trainer, run_dir, progress):
+    def keep_trainer(trainer, *args):
         trainers.append(trainer)
-        return run_training(trainer, run_dir, progress)
+        return train_and_export(trainer, *args)
 
-    monkeypatch.setattr(generate, "run_training", keep_trainer)
+    monkeypatch.setattr(api, "_train_and_export", keep_trainer)
     run_dir = tmp_path / "ball"
     assert main(["generate", "a red ball", "--out", str(run_dir), *SMALL_RUN]) == 0
 

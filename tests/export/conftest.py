@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from dreamfusion.config import dump_yaml
-from dreamfusion.export.pipeline import ExportConfig, ExportResult, export_field
-from dreamfusion.export.texture import TextureConfig
-from dreamfusion.export.video import TurntableConfig
+from dreamfusion.exporter.pipeline import ExportConfig, ExportResult, export_field
+from dreamfusion.exporter.texture import TextureConfig
+from dreamfusion.exporter.video import TurntableConfig
 from dreamfusion.fields.analytic import AnalyticField
 from dreamfusion.fields.mesh import MeshConfig
 from helpers import make_trainer, target_config

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from dreamfusion.export.preview import render_mesh
-from dreamfusion.export.texture import TextureConfig, texture_mesh
+from dreamfusion.exporter.preview import render_mesh
+from dreamfusion.exporter.texture import TextureConfig, texture_mesh
 from dreamfusion.fields.analytic import AnalyticField
 from dreamfusion.fields.mesh import MeshConfig, extract_mesh
 from dreamfusion.render.background import SolidBackground

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import trimesh
 from torch import Tensor
 
-from dreamfusion.export.pipeline import ExportConfig, ExportResult, export_field
-from dreamfusion.export.texture import TextureConfig
+from dreamfusion.exporter.pipeline import ExportConfig, ExportResult, export_field
+from dreamfusion.exporter.texture import TextureConfig
 from dreamfusion.fields.base import Field, FieldOutput
 from dreamfusion.fields.mesh import MeshConfig
 

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-import dreamfusion.export.pipeline as pipeline
+import dreamfusion.exporter.pipeline as pipeline
 from dreamfusion.checkpoint import checkpoint_path
 from dreamfusion.errors import UserError
-from dreamfusion.export.pipeline import ExportConfig, ExportResult, export_field, export_run
-from dreamfusion.export.texture import TextureConfig
+from dreamfusion.exporter.pipeline import ExportConfig, ExportResult, export_field, export_run
+from dreamfusion.exporter.texture import TextureConfig
 from dreamfusion.fields.analytic import AnalyticField
 from dreamfusion.fields.base import Field, FieldOutput
 from dreamfusion.fields.mesh import MeshConfig

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamfusion.export.texture import TextureConfig, dilate, sample_texture, texture_mesh
+from dreamfusion.exporter.texture import TextureConfig, dilate, sample_texture, texture_mesh
 from dreamfusion.fields.analytic import AnalyticField
 from dreamfusion.fields.mesh import MeshConfig, extract_mesh
 

@@ -117,9 +117,11 @@ def test_generate_defaults_to_the_builtin_prior_at_its_resolution(capsys, tmp_pa
     assert config["guidance"]["kind"] == "builtin" and config["guidance"]["model"] is None
     assert config["train"]["resolution"] == 32  # the built-in prior's own
     assert (run / "validation" / "step_0000002.png").is_file()
-    # A finished run is exported: the density blob alone already has a surface.
-    assert "exported:" in captured.out
-    assert {"model.glb", "model.obj", "model.ply"} <= {p.name for p in (run / "export").iterdir()}
+    # A finished run is exported, with its turntable: the density blob alone already has a surface.
+    assert f"mesh:  {run / 'export' / 'model.glb'}" in captured.out
+    assert f"video: {run / 'export' / 'turntable.mp4'}" in captured.out
+    files = {p.name for p in (run / "export").iterdir()}
+    assert {"model.glb", "model.obj", "model.ply", "turntable.mp4", "turntable.gif"} <= files
 
 
 def test_builtin_with_a_model_is_refused(capsys):

@@ -21,7 +21,7 @@ from dreamfusion.commands.common import (
 from dreamfusion.errors import UserError
 
 if TYPE_CHECKING:
-    from dreamfusion.export.pipeline import ExportConfig
+    from dreamfusion.exporter.pipeline import ExportConfig
 
 EXPORT_DESCRIPTION = """\
 Write a textured mesh and, with --video, a turntable of RUN_DIR's field (its latest checkpoint, or
@@ -133,9 +133,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def export_config(args: argparse.Namespace) -> ExportConfig:
     """The ExportConfig the flags ask for; an invalid combination is a UserError."""
-    from dreamfusion.export.pipeline import ExportConfig
-    from dreamfusion.export.texture import TextureConfig
-    from dreamfusion.export.video import TurntableConfig
+    from dreamfusion.exporter.pipeline import ExportConfig
+    from dreamfusion.exporter.texture import TextureConfig
+    from dreamfusion.exporter.video import TurntableConfig
     from dreamfusion.fields.mesh import MeshConfig
 
     try:
@@ -162,7 +162,7 @@ def export_config(args: argparse.Namespace) -> ExportConfig:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from dreamfusion.device import use_cpu_threads
-    from dreamfusion.export.pipeline import export_run
+    from dreamfusion.exporter.pipeline import export_run
 
     config = export_config(args)
     use_cpu_threads(args.threads)

@@ -1,5 +1,5 @@
 """`dreamfusion generate PROMPT` and `dreamfusion resume RUN_DIR`: optimise a field for a prompt, then export
-its meshes.
+its meshes and a turntable (`--no-video` skips it). Both are thin wrappers of dreamfusion.api.
 
 `generate` checks everything it can and loads the prior before it creates the run folder, so a mistake
 leaves nothing behind; the folder is claimed atomically and locked while it trains. An interrupted run exits
@@ -9,13 +9,12 @@ with 130 after saving a checkpoint, and says how to resume it.
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
+from dreamfusion.api import Progress, Run, RunAborted, generate_config, resume
 from dreamfusion.commands.common import (
     EXIT_INTERRUPTED,
     add_progress_option,
@@ -26,24 +25,8 @@ from dreamfusion.commands.common import (
     seed,
     show_progress,
 )
-from dreamfusion.config import dump_yaml
-from dreamfusion.device import pick_device, use_cpu_threads
-from dreamfusion.errors import UserError
-from dreamfusion.guidance import BACKENDS, build_guidance
-from dreamfusion.guidance.base import Guidance
-from dreamfusion.guidance.embeddings import default_cache_dir
-from dreamfusion.run.config import Config, load_latest, read_run_config, resolve_config
-from dreamfusion.run.folder import (
-    RunLock,
-    check_can_create,
-    claim_run_dir,
-    free_run_dir,
-    slug,
-    write_run_config,
-)
-from dreamfusion.training.trainer import Trainer
-
-log = logging.getLogger("dreamfusion")
+from dreamfusion.guidance import BACKENDS
+from dreamfusion.run.config import Config, resolve_config
 
 DEFAULT_MODEL_LINES = "\n".join(
     f"  {kind:<18}{model}"
@@ -82,103 +65,77 @@ def build_config(args: argparse.Namespace) -> Config:
         "guidance.model": args.model,
         "train.steps": args.steps,
         "train.seed": args.seed,
+        "export.video": False if args.no_video else None,
     }
     return resolve_config(flags, args.preset, args.set)
 
 
-def load_guidance(config: Config, device: torch.device) -> Guidance:
-    return build_guidance(
-        config.guidance,
-        device,
-        config.train.seed + 2,
-        config.sampling,
-        config.light,
-        config.train.resolution,
-        prompt=config.prompt.text,
-    )
+def print_start(event: Progress) -> None:
+    if event.stage == "start":
+        print(f"run folder: {event.run_dir}")
+    elif event.stage == "export":
+        print(f"trained: {event.run_dir}; exporting")
 
 
-def run_training(trainer: Trainer, run_dir: Path, progress: bool) -> int:
-    resume_hint = f"dreamfusion resume {shlex.quote(str(run_dir))}"
-    try:
-        finished = trainer.train(progress=progress)
-    except KeyboardInterrupt:
-        # A second Ctrl-C while the trainer finishes its step: stop at once, without a new checkpoint.
-        return report_abort(run_dir, trainer.step, resume_hint)
-    if not finished:
-        print(
-            f"stopped at step {trainer.step}; checkpoint saved. Continue with: {resume_hint}", file=sys.stderr
-        )
+def report(run: Run, stopped_hint: str) -> int:
+    """Where a run's files are; exit code 130 for a run stopped before its last step."""
+    if not run.finished:
+        print(f"stopped at step {run.step}; checkpoint saved. Continue with: {stopped_hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"done: {run_dir} (validation images in {run_dir / 'validation'})")
-    export_finished_run(run_dir, progress)
+    lines = [f"done: {run.folder}"]
+    mesh = run.mesh
+    if mesh:
+        lines.append(f"  mesh:  {', '.join(str(path) for path in mesh.values())}")
+    if run.video is not None:
+        gif = f" (and {run.gif.name})" if run.gif is not None else ""
+        lines.append(f"  video: {run.video}{gif}")
+    if run.grids:
+        lines.append(f"  grids: {run.grids[-1]} (validation/ has {len(run.grids)})")
+    print("\n".join(lines))
     return 0
 
 
-def export_finished_run(run_dir: Path, progress: bool) -> None:
-    """Meshes of every finished run (GLB, OBJ, PLY in RUN_DIR/export/); a turntable video is one
-    `dreamfusion export RUN_DIR --video` away. A field with no surface is a warning here, not a failure:
-    the run itself finished and its checkpoints are kept."""
-    from dreamfusion.export.pipeline import ExportConfig, export_run
-
+def train_reporting(start: Callable[[], Run]) -> int:
+    """Run `start` (generate or resume) and report its outcome as the CLI does."""
     try:
-        result = export_run(run_dir, ExportConfig(), progress)
-    except UserError as exc:
-        log.warning("nothing exported: %s", exc)
-        return
-    print(f"exported: {result.folder}")
+        run = start()
+    except RunAborted as exc:  # a second Ctrl-C while the trainer finished its step
+        return report_abort(exc.run_dir, exc.step, resume_hint(exc.run_dir))
+    return report(run, resume_hint(run.folder))
+
+
+def resume_hint(run_dir: Path) -> str:
+    return f"dreamfusion resume {shlex.quote(str(run_dir))}"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     config = build_config(args)
-    device = pick_device(args.device)
-    use_cpu_threads(args.threads)
-    requested = args.out or Path("runs") / f"{slug(config.prompt.text)}-seed{config.train.seed}"
-    check_can_create(free_run_dir(requested))
-    # Everything that can fail (loading the prior, encoding the prompt) happens before the run folder is
-    # created, so a mistake leaves nothing behind, and its error is the only line on stderr.
-    guidance = load_guidance(config, device)
-    run_dir = claim_run_dir(requested)  # atomic: a second generate with the same --out gets another folder
-    with RunLock(run_dir) as lock:
-        try:
-            trainer = Trainer(config, run_dir, guidance, device, default_cache_dir())
-        except BaseException:
-            lock.abandon()  # nothing was written: leave nothing behind
-            raise
-        write_run_config(run_dir, dump_yaml(trainer.config))  # with what the prior decided, e.g. the size
-        return start_training(trainer, run_dir, requested, args)
-
-
-def start_training(trainer: Trainer, run_dir: Path, requested: Path, args: argparse.Namespace) -> int:
-    if run_dir != requested:
-        log.warning("%s already exists and is not empty; writing to %s", requested, run_dir)
-    for warning in trainer.guidance.warnings:
-        log.warning("%s", warning)
-    print(f"run folder: {run_dir}")
-    return run_training(trainer, run_dir, show_progress(args))
+    return train_reporting(
+        lambda: generate_config(
+            config, args.out, args.device, args.threads, print_start, progress=show_progress(args)
+        )
+    )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    run_dir: Path = args.run_dir
-    read_run_config(run_dir)  # a missing or foreign folder is reported before anything is locked
-    with RunLock(run_dir):
-        return resume_locked(run_dir, args)
+    return train_reporting(
+        lambda: resume(
+            args.run_dir,
+            device=args.device,
+            threads=args.threads,
+            on_progress=announce_resume,
+            progress=show_progress(args),
+        )
+    )
 
 
-def resume_locked(run_dir: Path, args: argparse.Namespace) -> int:
-    config = read_run_config(run_dir)  # again, under the lock: the one that counts
-    # The checkpoint is read before the prior loads: a damaged one should not cost a model load first.
-    checkpoint = load_latest(run_dir)
-    if checkpoint.step >= config.train.steps:
-        print(f"{run_dir} already finished ({checkpoint.step} of {config.train.steps} steps)")
-        return 0
-    device = pick_device(args.device)
-    use_cpu_threads(args.threads)
-    guidance = load_guidance(config, device)
-    trainer = Trainer(config, run_dir, guidance, device, default_cache_dir())
-    trainer.restore(checkpoint)
-    print(f"resuming {run_dir} at step {trainer.step} of {config.train.steps}")
-    return run_training(trainer, run_dir, show_progress(args))
+def announce_resume(event: Progress) -> None:
+    if event.stage == "start":
+        print(f"resuming {event.run_dir} at step {event.step} of {event.total}")
+    elif event.stage == "finished":
+        print(f"{event.run_dir} already finished ({event.step} of {event.total} steps)")
+    elif event.stage == "export":
+        print(f"its export is missing (stopped while exporting?); exporting {event.run_dir}")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -225,6 +182,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="builtin, paper, cpu, target, or a YAML file (default: builtin with the built-in prior, "
         "else paper)",
+    )
+    g.add_argument(
+        "--no-video",
+        action="store_true",
+        help="skip the turntable (MP4, GIF and contact sheet of the shaded and textureless mesh) in export/",
     )
     add_set_option(g, "train.resolution=32")
     add_threads_option(g)

@@ -40,7 +40,7 @@ import torch
 import trimesh
 from torch import Tensor
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import ExportError
 from dreamfusion.fields.base import Field
 from dreamfusion.fields.grid import density_grid
 
@@ -96,7 +96,7 @@ def half_opacity_threshold(grid: Tensor, cell: float) -> float:
     depth = [grid.sum(axis, dtype=torch.float64) * cell for axis in range(3)]  # optical depth of each line
     opaque = torch.cat([(d >= HALF_OPACITY_DEPTH).flatten() for d in depth])
     if not bool(opaque.any()):
-        raise UserError(
+        raise ExportError(
             "the scene has no surface: no ray through it becomes even half opaque (the field is empty or "
             "transparent everywhere), so there is no mesh to export"
         )
@@ -177,7 +177,7 @@ def marching_cubes(
     volume = np.pad(grid.float().numpy(), 1)
     peak = float(volume.max())
     if not peak > threshold:
-        raise UserError(
+        raise ExportError(
             f"the scene has no surface at density {threshold:g}: its densest point reaches {peak:g} "
             "(lower --threshold, or leave it out to choose one from the field)"
         )
@@ -275,7 +275,7 @@ def clean_mesh(
     if budget is not None:
         mesh = decimate(mesh, budget)
     if len(mesh.faces) == 0:
-        raise UserError("the scene has no surface: marching cubes found no triangle to export")
+        raise ExportError("the scene has no surface: marching cubes found no triangle to export")
     return mesh, removed, before
 
 

@@ -12,7 +12,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import ModelError
 from dreamfusion.guidance.hub import ModelFolder
 
 
@@ -43,13 +43,13 @@ def unet_config(folder: ModelFolder, text_only: tuple[str | None, ...]) -> dict[
     the text states (`text_only` lists the addition_embed_type values that are computed from them)."""
     found = folder.component_class("unet")
     if found != "UNet2DConditionModel":
-        raise UserError(
+        raise ModelError(
             f"model {folder.name!r}: unet is a {found}, this backend needs a UNet2DConditionModel"
         )
     config = dict(UNet2DConditionModel.load_config(folder.path, subfolder="unet"))
     addition, labels = config.get("addition_embed_type"), config.get("class_embed_type")
     if addition not in text_only or labels is not None:
-        raise UserError(
+        raise ModelError(
             f"model {folder.name!r}: its U-Net needs conditioning besides text (addition_embed_type "
             f"{addition!r}, class_embed_type {labels!r}), e.g. SDXL or an upscaling stage; use a base model"
         )
@@ -65,7 +65,7 @@ def scheduler_alphas(folder: ModelFolder) -> tuple[Tensor, str]:
     scheduler = DDPMScheduler.from_pretrained(folder.path, subfolder="scheduler")
     prediction_type = str(scheduler.config.prediction_type)
     if prediction_type not in ("epsilon", "v_prediction", "sample"):
-        raise UserError(f"model {folder.name!r}: unsupported prediction_type {prediction_type!r}")
+        raise ModelError(f"model {folder.name!r}: unsupported prediction_type {prediction_type!r}")
     return scheduler.alphas_cumprod.float().clone(), prediction_type
 
 
@@ -103,5 +103,5 @@ def square_size(sample_size: int | Sequence[int], name: str) -> int:
         return sample_size
     sides = list(sample_size)
     if len(sides) != 2 or sides[0] != sides[1]:
-        raise UserError(f"model {name!r}: only square U-Nets are supported, sample_size is {sample_size}")
+        raise ModelError(f"model {name!r}: only square U-Nets are supported, sample_size is {sample_size}")
     return int(sides[0])

@@ -25,7 +25,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import ModelError
 
 logger = logging.getLogger("dreamfusion")
 
@@ -60,7 +60,7 @@ class ModelFolder:
         index = json.loads((self.path / "model_index.json").read_text(encoding="utf-8"))
         entry = index.get(component)
         if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], str):
-            raise UserError(f"model {self.name!r}: model_index.json names no class for {component!r}")
+            raise ModelError(f"model {self.name!r}: model_index.json names no class for {component!r}")
         return entry[1]
 
     def fingerprint(self, component: str) -> str:
@@ -88,13 +88,13 @@ def resolve_model(model: str, components: Sequence[str]) -> ModelFolder:
         _check_components(folder, components, hint="pass a complete diffusers folder")
         return folder
     if _looks_like_path(model):
-        raise UserError(
+        raise ModelError(
             f"model folder {model!r} does not exist: pass an existing folder or a Hugging Face hub id"
         )
     try:
         validate_repo_id(model)
     except HFValidationError as exc:
-        raise UserError(
+        raise ModelError(
             f"model {model!r} is neither an existing folder nor a valid Hugging Face hub id"
         ) from exc
 
@@ -103,7 +103,7 @@ def resolve_model(model: str, components: Sequence[str]) -> ModelFolder:
     if cached is not None:
         return cached
     if hub_offline():
-        raise UserError(
+        raise ModelError(
             f"model {model!r} is not (completely) in the Hugging Face cache {cache_dir} and the hub is "
             f"switched off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE): {_how_to_supply(model)}"
         )
@@ -176,16 +176,16 @@ def _download(model: str, cache_dir: Path, components: Sequence[str]) -> ModelFo
             endpoint=endpoint,
         )
     except GatedRepoError as exc:
-        raise UserError(
+        raise ModelError(
             f"model {model!r} is gated: accept its licence on https://huggingface.co/{model} and log in "
             "(hf auth login, or set HF_TOKEN)"
         ) from exc
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise UserError(
+        raise ModelError(
             f"model {model!r} was not found on the Hugging Face hub (a typo, or private?)"
         ) from exc
     except Exception as exc:  # the HTTP stack's error classes differ across hub versions; all mean "no hub"
-        raise UserError(
+        raise ModelError(
             f"model {model!r} is not in the Hugging Face cache {cache_dir} and the hub cannot be reached "
             f"({type(exc).__name__}): {_how_to_supply(model)}"
         ) from exc
@@ -234,7 +234,7 @@ def _check_components(folder: ModelFolder, components: Sequence[str], hint: str)
     missing = _missing_components(folder, components)
     if missing:
         needed = ", ".join(["model_index.json", *(f"{c}/" for c in components)])
-        raise UserError(
+        raise ModelError(
             f"model {folder.name!r} ({folder.path}) lacks {', '.join(missing)} (configs and weights): {hint} "
             f"with {needed}"
         )

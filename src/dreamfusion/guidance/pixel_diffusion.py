@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from torch import Tensor
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import ModelError
 from dreamfusion.guidance.base import (
     GuidanceOutput,
     SDSConfig,
@@ -58,7 +58,7 @@ class PixelDiffusionGuidance(FrozenPrior):
         # inside the U-Net. Class labels (IF stage II's noise level) or SDXL's extra inputs are not provided.
         config = unet_config(folder, text_only=(None, "text"))
         if config["in_channels"] != 3 or config["out_channels"] not in (3, 6):
-            raise UserError(
+            raise ModelError(
                 f"model {model!r}: a pixel prior takes and predicts RGB (in_channels 3; out_channels 3, or 6 "
                 f"with a learned variance), but its U-Net maps {config['in_channels']} channels to "
                 f"{config['out_channels']}"

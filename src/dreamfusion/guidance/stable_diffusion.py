@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import ModelError
 from dreamfusion.guidance.base import (
     GuidanceOutput,
     SDSConfig,
@@ -63,7 +63,7 @@ class StableDiffusionGuidance(FrozenPrior):
         config = unet_config(folder, text_only=(None, "text"))
         found = folder.component_class("vae")
         if found != "AutoencoderKL":
-            raise UserError(f"model {model!r}: vae is a {found}, this backend needs an AutoencoderKL")
+            raise ModelError(f"model {model!r}: vae is a {found}, this backend needs an AutoencoderKL")
         # Offloading only pays where the accelerator's memory is the limit; on the CPU it would only copy.
         self.offload = cpu_offload and device.type == "cuda"
         home = torch.device("cpu") if self.offload else device
@@ -72,7 +72,7 @@ class StableDiffusionGuidance(FrozenPrior):
         self.unet = freeze(unet).to(home)
         self.vae: AutoencoderKL = freeze(vae).to(home)
         if config["in_channels"] != self.vae.config.latent_channels:
-            raise UserError(
+            raise ModelError(
                 f"model {model!r}: the U-Net takes {config['in_channels']} channels, the VAE makes "
                 f"{self.vae.config.latent_channels}"
             )

@@ -19,7 +19,7 @@ from transformers import (
 )
 from transformers.utils import is_protobuf_available, is_sentencepiece_available
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import ModelError
 from dreamfusion.guidance.components import freeze, on_device
 from dreamfusion.guidance.hub import ModelFolder
 
@@ -51,7 +51,7 @@ class PromptEncoder:
         class_name = folder.component_class("text_encoder")
         kind = _TEXT_ENCODERS.get(class_name)
         if kind is None:
-            raise UserError(
+            raise ModelError(
                 f"model {folder.name!r}: text encoder class {class_name!r} is not supported "
                 f"(supported: {', '.join(sorted(_TEXT_ENCODERS))})"
             )
@@ -109,7 +109,7 @@ def _check_tokenizer_backends(folder: ModelFolder) -> None:
     if not (tokenizer / "spiece.model").is_file() or (tokenizer / "tokenizer.json").is_file():
         return
     if not (is_sentencepiece_available() and is_protobuf_available()):
-        raise UserError(
+        raise ModelError(
             f"model {folder.name!r}: its tokenizer is a SentencePiece model, which needs two more packages: "
             "pip install sentencepiece protobuf"
         )

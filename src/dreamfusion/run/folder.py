@@ -19,7 +19,7 @@ from types import TracebackType
 
 from filelock import FileLock, Timeout
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import RunFolderError
 from dreamfusion.files import claim_dir, free_dir, write_text_atomic
 
 LOCK_NAME = ".lock"
@@ -41,7 +41,7 @@ def claim_run_dir(base: Path) -> Path:
     try:
         return claim_dir(base, LOCK_NAME)
     except OSError as exc:
-        raise UserError(f"cannot create the run folder {base}: {exc.strerror or exc}") from exc
+        raise RunFolderError(f"cannot create the run folder {base}: {exc.strerror or exc}") from exc
 
 
 def check_can_create(folder: Path) -> None:
@@ -51,19 +51,19 @@ def check_can_create(folder: Path) -> None:
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f"cannot create the run folder {folder}: {parent} is not a folder")
+        raise RunFolderError(f"cannot create the run folder {folder}: {parent} is not a folder")
     try:
         probe = tempfile.mkdtemp(prefix=".dreamfusion-write-test-", dir=parent)
         os.rmdir(probe)
     except OSError as exc:
-        raise UserError(f"cannot create the run folder {folder}: {exc.strerror or exc}") from exc
+        raise RunFolderError(f"cannot create the run folder {folder}: {exc.strerror or exc}") from exc
 
 
 def write_run_config(run_dir: Path, text: str) -> None:
     try:
         write_text_atomic(run_dir / "config.yaml", text)
     except OSError as exc:
-        raise UserError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from exc
+        raise RunFolderError(f"cannot write the run folder {run_dir}: {exc.strerror or exc}") from exc
 
 
 class RunLock:
@@ -78,9 +78,9 @@ class RunLock:
             self._lock.acquire()
         except Timeout:
             message = f"{self.run_dir} is in use: another dreamfusion process is training it"
-            raise UserError(f"{message} (wait for it, or stop it)") from None
+            raise RunFolderError(f"{message} (wait for it, or stop it)") from None
         except OSError as exc:
-            raise UserError(f"cannot lock the run folder {self.run_dir}: {exc.strerror or exc}") from exc
+            raise RunFolderError(f"cannot lock the run folder {self.run_dir}: {exc.strerror or exc}") from exc
         return self
 
     def abandon(self) -> None:

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,8 +208,15 @@ class Trainer:
         """Finish the current step, save a checkpoint and return (what Ctrl-C does)."""
         self._stop_requested = True
 
-    def train(self, progress: bool = True, handle_sigint: bool = True) -> bool:
-        """Run until config.train.steps. Returns True when finished, False when stopped early by request."""
+    def train(
+        self,
+        progress: bool = True,
+        handle_sigint: bool = True,
+        on_step: Callable[[StepMetrics, Path | None], None] | None = None,
+    ) -> bool:
+        """Run until config.train.steps. Returns True when finished, False when stopped early by request.
+        `on_step(metrics, grid)` is called after every step, with the validation grid's path when that step
+        wrote one; it may call `request_stop()`."""
         cfg = self.config.train
         previous_handler = None
         if handle_sigint:
@@ -224,8 +232,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{metrics.loss:.4g}", opacity=f"{metrics.opacity:.3f}", refresh=False)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or self._stop_requested:
                     self.save()
+                grid = None
                 if self.step % cfg.validation_every == 0 or self.step == cfg.steps:
-                    self.validate()
+                    grid = self.validate()
+                if on_step is not None:
+                    on_step(metrics, grid)
                 if self._stop_requested:
                     return False
             return True

@@ -15,7 +15,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import ModelError
 from dreamfusion.files import build_folder_once
 from dreamfusion.prior.tokenizer import build_clip_tokenizer, wheel_folder
 
@@ -35,7 +35,7 @@ def read_checksums(folder: Path) -> dict[str, str]:
     """SHA256SUMS in `sha256sum` format: '<hex digest>  <relative path>' per line."""
     path = folder / CHECKSUMS
     if not path.is_file():
-        raise UserError(f"the built-in prior is not installed: {path} is missing; reinstall dreamfusion")
+        raise ModelError(f"the built-in prior is not installed: {path} is missing; reinstall dreamfusion")
     sums = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -50,13 +50,13 @@ def verify(folder: Path) -> str:
     for name, expected in sums.items():
         path = folder / name
         if not path.is_file():
-            raise UserError(f"the built-in prior is incomplete: {name} is missing; reinstall dreamfusion")
+            raise ModelError(f"the built-in prior is incomplete: {name} is missing; reinstall dreamfusion")
         data = path.read_bytes()
         if data.startswith(b"version https://git-lfs"):
-            raise UserError(f"the built-in prior's {name} is a Git LFS pointer; run git lfs pull")
+            raise ModelError(f"the built-in prior's {name} is a Git LFS pointer; run git lfs pull")
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
-            raise UserError(
+            raise ModelError(
                 f"the built-in prior's {name} is damaged (sha256 {actual[:12]}..., expected "
                 f"{expected[:12]}...); reinstall dreamfusion"
             )

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamfusion.export.preview import render_mesh
-from dreamfusion.export.texture import TexturedMesh
+from dreamfusion.exporter.preview import render_mesh
+from dreamfusion.exporter.texture import TexturedMesh
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.views import ViewRenders, to_uint8
 

@@ -17,7 +17,7 @@ import trimesh
 from PIL import Image
 
 from dreamfusion import __version__
-from dreamfusion.export.texture import TexturedMesh
+from dreamfusion.exporter.texture import TexturedMesh
 
 FORMATS = ("glb", "obj", "ply")
 GENERATOR = f"dreamfusion {__version__} (trimesh {trimesh.__version__})"

@@ -1,6 +1,6 @@
 """Export: a textured mesh in GLB, OBJ and PLY, and a turntable video, from a field or a run folder.
 
-    from dreamfusion.export.pipeline import ExportConfig, export_run
+    from dreamfusion.exporter.pipeline import ExportConfig, export_run
     result = export_run("runs/a-red-ball-seed0", ExportConfig(video=True))  # -> RUN_DIR/export/
 
 The steps, one module each:

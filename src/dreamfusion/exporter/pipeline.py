@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from dreamfusion import __version__
 from dreamfusion.checkpoint import latest_checkpoint, load_checkpoint
-from dreamfusion.errors import UserError
-from dreamfusion.export.formats import FORMATS, write_formats, write_json
-from dreamfusion.export.texture import TextureConfig, TexturedMesh, bake, unwrap
-from dreamfusion.export.video import TurntableConfig, write_turntable
+from dreamfusion.errors import ExportError
+from dreamfusion.exporter.formats import FORMATS, write_formats, write_json
+from dreamfusion.exporter.texture import TextureConfig, TexturedMesh, bake, unwrap
+from dreamfusion.exporter.video import TurntableConfig, write_turntable
 from dreamfusion.fields.base import Field
 from dreamfusion.fields.grid import density_grid
 from dreamfusion.fields.mesh import (
@@ -38,7 +38,7 @@ from dreamfusion.fields.mesh import (
     surface_threshold,
 )
 from dreamfusion.files import free_dir
-from dreamfusion.run.config import load_field, read_run_config
+from dreamfusion.run.config import RunExportConfig, load_field, read_run_config
 
 AXES = "+Y up, front faces +Z (glTF); (x, y, z)_file = (y, z, x)_world, world = +Z up, front +X"
 UNITS = "1 unit = 1 metre = 1 world unit of the scene (its bounding sphere has radius 1.4)"
@@ -124,7 +124,7 @@ def _write_folder(
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     except OSError as exc:
-        raise UserError(f"cannot write {folder}: {exc.strerror or exc}") from exc
+        raise ExportError(f"cannot write {folder}: {exc.strerror or exc}") from exc
     try:
         written: list[Path] = []
         if config.formats:
@@ -152,7 +152,7 @@ def _write_folder(
         os.rename(staging, folder)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"cannot write {folder}: {exc.strerror or exc}") from exc
+        raise ExportError(f"cannot write {folder}: {exc.strerror or exc}") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -172,7 +172,7 @@ def export_field(
     """
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise UserError(f"{folder} already exists and is not empty; an export never overwrites files")
+        raise ExportError(f"{folder} already exists and is not empty; an export never overwrites files")
     stage = _Stages(6 + bool(config.formats) + config.video, progress)
     try:
         extracted, textured = _mesh_and_texture(field, config, stage)
@@ -208,13 +208,26 @@ def export_field(
     )
 
 
+def finished_run_export(settings: RunExportConfig) -> ExportConfig:
+    """What a finished run writes (config.yaml's `export` section): every mesh format, and the turntable of
+    the shaded mesh beside its textureless shading unless `export.video` is false."""
+    turntable = TurntableConfig(
+        frames=settings.video_frames,
+        size=settings.video_size,
+        fps=settings.video_fps,
+        panels=("shaded", "textureless"),
+        supersample=settings.video_supersample,
+    )
+    return ExportConfig(video=settings.video, turntable=turntable)
+
+
 def load_run_checkpoint(run_dir: Path, checkpoint: Path | None = None) -> tuple[Field, Path, int]:
     """The field of a run folder at `checkpoint` (default: its latest), on the CPU in eval mode, with the
     checkpoint's path and step."""
     config = read_run_config(run_dir)
     path = checkpoint if checkpoint is not None else latest_checkpoint(run_dir / "checkpoints")
     if path is None:
-        raise UserError(f"no checkpoint in {run_dir / 'checkpoints'}: nothing to export")
+        raise ExportError(f"no checkpoint in {run_dir / 'checkpoints'}: nothing to export")
     loaded = load_checkpoint(path)
     return load_field(config, loaded, str(path)), path, loaded.step
 

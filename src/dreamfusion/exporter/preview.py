@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.export.raster import project, rasterize
-from dreamfusion.export.texture import TexturedMesh, sample_texture
+from dreamfusion.exporter.raster import project, rasterize
+from dreamfusion.exporter.texture import TexturedMesh, sample_texture
 from dreamfusion.render.cameras import Cameras
 from dreamfusion.render.lights import LightConfig
 from dreamfusion.render.views import ViewRenders

@@ -5,6 +5,7 @@
 - export.py: `export`;
 - evaluate.py: `eval`;
 - judge.py: `judge train | check`;
+- serve.py: `serve`, the web app;
 - common.py: exit codes, argument types and the shared options.
 
 What the user gets wrong (an empty prompt, a typo in a setting, a missing model, an unwritable folder, a
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from tqdm import tqdm
 
 from dreamfusion import __version__
-from dreamfusion.commands import evaluate, export, generate, judge, prior
+from dreamfusion.commands import evaluate, export, generate, judge, prior, serve
 from dreamfusion.commands.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, OneLineErrorParser
 from dreamfusion.errors import UserError
 
@@ -44,11 +45,12 @@ examples:
   dreamfusion generate "a red ball" --preset target --out runs/ball
   dreamfusion resume runs/ball
   dreamfusion prior vocab                      # the words the built-in prior knows
+  dreamfusion serve                            # the web app, on http://127.0.0.1:7860
 
 Run `dreamfusion COMMAND --help` for the options of a command.
 """
 
-COMMANDS = (generate, prior, export, evaluate, judge)  # in the order `--help` lists them
+COMMANDS = (generate, prior, export, evaluate, judge, serve)  # in the order `--help` lists them
 
 
 def parser() -> argparse.ArgumentParser:

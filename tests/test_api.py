@@ -76,15 +76,17 @@ def test_no_video_writes_meshes_only(tmp_path):
 def test_stop_flag_saves_a_checkpoint_and_resume_finishes(tmp_path):
     stop = threading.Event()
 
-    def stop_at_three(event: Progress) -> None:
-        if event.stage == "train" and event.step == 3:
+    def stop_at_two(event: Progress) -> None:
+        if event.stage == "train" and event.step == 2:
             stop.set()
 
-    run = small_run(tmp_path / "stopped", on_progress=stop_at_three, stop=stop)
-    assert not run.finished and run.step == 4  # the flag is read at the next step, which is then saved
-    assert (run.folder / "checkpoints" / "step_0000004.safetensors").is_file() and run.mesh == {}
+    run = small_run(tmp_path / "stopped", on_progress=stop_at_two, stop=stop)
+    # The flag is read after the next step, which is then saved although 3 is not a checkpoint step.
+    assert not run.finished and run.step == 3
+    assert (run.folder / "checkpoints" / "step_0000003.safetensors").is_file() and run.mesh == {}
     resumed = dreamfusion.resume(run.folder, threads=1)
     assert resumed.finished and resumed.step == 6 and "glb" in resumed.mesh
+    assert [r["step"] for r in resumed.metrics] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_run_killed_while_exporting_is_exported_by_resume(tmp_path, capsys, monkeypatch):

@@ -189,3 +189,53 @@ def test_bad_input_shows_the_clis_message_in_the_page(app_url, browsers):
     text = wait_for(lambda: "error" in status(browser) and status(browser), 60, "the error")
     assert "the prompt is empty" in text
     assert (set(runs.iterdir()) if runs.is_dir() else set()) == before  # nothing written
+
+
+def gallery_item(browser: WebDriver, folder_name: str):
+    """The gallery thumbnail whose caption names `folder_name`, or None."""
+    for item in browser.find_elements(By.CSS_SELECTOR, "#gallery button.thumbnail-item"):
+        label = " ".join(
+            filter(None, (item.text, item.get_attribute("aria-label"), item.get_attribute("innerHTML")))
+        )
+        if f"{folder_name}:" in label:
+            return item
+    return None
+
+
+def test_cancel_saves_a_checkpoint_and_the_gallery_resumes_reexports_and_evaluates(app_url, browsers):
+    url, runs = app_url
+    browser = open_page(browsers, url)
+    submit(browser, "a green torus", steps=150, seed=2)
+    wait_for(lambda: re.search(r"training\** step ([3-9]|\d\d+) /", status(browser)), 120, "training")
+    browser.find_element(By.ID, "cancel").click()
+    text = wait_for(lambda: "cancelled" in status(browser) and status(browser), 120, "the cancel")
+    folder = runs / "a-green-torus-seed2"
+    assert str(folder) in text
+    stopped_at = int(re.search(r"step (\d+)", text).group(1))
+    assert 3 <= stopped_at < 150, text
+    assert (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+    assert not (folder / "export").exists()  # a cancelled run is not exported
+
+    browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Runs')]").click()
+    browser.find_element(By.ID, "refresh").click()
+    wait_for(lambda: gallery_item(browser, folder.name), 60, "the run in the gallery").click()
+    opened = wait_for(lambda: folder.name in browser.find_element(By.ID, "opened").text, 60, "the run opened")
+    assert opened
+    assert f"step {stopped_at} of 150" in browser.find_element(By.ID, "opened").text
+
+    browser.find_element(By.ID, "resume").click()
+    wait_for(lambda: status(browser).startswith("done") and "step 150" in status(browser), 300, "the resume")
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 150
+    assert (folder / "export" / "model.glb").is_file()
+
+    browser.find_element(By.ID, "reexport").click()
+    wait_for(lambda: (folder / "export-2" / "export.json").is_file(), 300, "the second export")
+    wait_for(lambda: status(browser).startswith("done"), 120, "the re-export to finish")
+    assert {"model.glb", "turntable.mp4"} <= {p.name for p in (folder / "export-2").iterdir()}
+    assert (folder / "export" / "model.glb").is_file()  # the first export is kept
+
+    browser.find_element(By.ID, "evaluate").click()
+    scores = wait_for(lambda: browser.find_element(By.ID, "scores").text, 300, "the evaluation")
+    assert "evaluation" in scores and "evaluated" in status(browser)
+    SHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "serve-gallery.png"))

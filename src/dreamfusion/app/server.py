@@ -48,18 +48,39 @@ def list_runs(root: Path) -> list[api.Run]:
 
 
 def gallery_items(runs: list[api.Run]) -> list[tuple[str, str]]:
-    """(picture, caption) per run: the turntable's contact sheet, else the latest validation grid."""
+    """(picture, caption) per run: the turntable's contact sheet, else the latest validation grid, else a
+    blank tile (a run cancelled before its first grid is still listed, so it can be resumed). The caption
+    starts with the folder's name, which is how a click finds its run (`run_of_caption`)."""
     items = []
     for run in runs:
-        picture = run.contact_sheet or (run.grids[-1] if run.grids else None)
-        if picture is None:
-            continue
         try:
             state = "done" if run.finished else f"step {run.step} of {run.config.train.steps}"
-            items.append((str(picture), f"{run.folder.name}: {run.prompt} ({state})"))
         except UserError:  # a folder whose config.yaml cannot be read: not listed
             continue
+        picture = run.contact_sheet or (run.grids[-1] if run.grids else None) or blank_tile()
+        items.append((str(picture), f"{run.folder.name}: {run.prompt} ({state})"))
     return items
+
+
+def run_of_caption(root: Path, caption: str | None) -> api.Run | None:
+    """The run a gallery caption names, if its folder is still there (the list may have changed since the
+    page drew it, so a position in it is not enough)."""
+    name = (caption or "").split(":", 1)[0].strip()
+    folder = root / name
+    if not name or folder.parent != root or not (folder / "config.yaml").is_file():
+        return None
+    return api.Run(folder)
+
+
+def blank_tile() -> Path:
+    """A plain grey square for a run that has no picture yet, made once per process."""
+    target = Path(tempfile.gettempdir()) / "dreamfusion-app" / "no-picture-yet.png"
+    if not target.is_file():
+        from PIL import Image
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (256, 256), (200, 200, 200)).save(target)
+    return target
 
 
 def obj_zip(run: api.Run) -> Path | None:
@@ -220,8 +241,8 @@ def build_app(runs_root: Path | str = "runs", threads: int | None = None) -> Any
             return "nothing is running in this page"
 
         def on_select(event: gr.SelectData) -> tuple[Any, ...]:
-            runs = [r for r in list_runs(root) if r.contact_sheet or r.grids]
-            run = runs[event.index] if event.index < len(runs) else None
+            value = event.value if isinstance(event.value, dict) else {}
+            run = run_of_caption(root, value.get("caption"))
             if run is None:
                 return None, "that run is gone; press Refresh"
             message = f"**{run.folder.name}**: {run.prompt} (step {run.step} of {run.config.train.steps})"

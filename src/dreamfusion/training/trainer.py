@@ -230,7 +230,9 @@ class Trainer:
                     raise DivergedError(self._diverged_message())
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics.loss:.4g}", opacity=f"{metrics.opacity:.3f}", refresh=False)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or self._stop_requested:
+                due = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                saved = due or self._stop_requested
+                if saved:
                     self.save()
                 grid = None
                 if self.step % cfg.validation_every == 0 or self.step == cfg.steps:
@@ -238,6 +240,8 @@ class Trainer:
                 if on_step is not None:
                     on_step(metrics, grid)
                 if self._stop_requested:
+                    if not saved:  # the stop was asked for by on_step (the API's stop flag)
+                        self.save()
                     return False
             return True
         finally:

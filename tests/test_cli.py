@@ -316,6 +316,22 @@ def _empty(path: Path) -> None:
     path.write_bytes(b"")
 
 
+def test_resume_a_run_stopped_before_its_first_checkpoint(capsys, tmp_path, short_run):
+    """A run killed before it saved anything starts again from step 0: the same seeded run, logged once."""
+    from dreamfusion.checkpoint import load_checkpoint
+
+    run_dir = shutil.copytree(short_run, tmp_path / "run")
+    shutil.rmtree(run_dir / "checkpoints")
+    shutil.rmtree(run_dir / "export")
+    code, _, err = cli(capsys, "resume", str(run_dir))
+    assert code == 0, err
+    assert "starting it again from step 0" in err
+    assert metric_steps(run_dir) == list(range(1, 21))
+    again = load_checkpoint(run_dir / "checkpoints" / "step_0000020.safetensors").modules["field"]
+    first = load_checkpoint(short_run / "checkpoints" / "step_0000020.safetensors").modules["field"]
+    assert all(torch.equal(again[name], first[name]) for name in first)
+
+
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
@@ -369,11 +385,10 @@ def test_resume_after_a_torn_metrics_line(capsys, tmp_path, short_run):
     [
         (lambda run: shutil.rmtree(run), "does not exist"),
         (lambda run: (run / "config.yaml").unlink(), "no config.yaml"),
-        (lambda run: shutil.rmtree(run / "checkpoints"), "no checkpoint"),
         (lambda run: (run / "config.yaml").write_text("train: [steps\n"), "invalid YAML"),
         (lambda run: (run / "config.yaml").write_text("train:\n  stpes: 30\n"), "did you mean 'train.steps'"),
     ],
-    ids=["no-folder", "no-config", "no-checkpoints", "bad-yaml", "unknown-key"],
+    ids=["no-folder", "no-config", "bad-yaml", "unknown-key"],
 )
 def test_resume_a_folder_that_is_not_a_run(capsys, tmp_path, short_run, damage, expected):
     run_dir = shutil.copytree(short_run, tmp_path / "run")

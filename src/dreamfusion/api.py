@@ -26,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dreamfusion.checkpoint import latest_checkpoint
 from dreamfusion.config import dump_yaml
 from dreamfusion.device import pick_device, use_cpu_threads
 from dreamfusion.errors import RunFolderError
@@ -38,8 +39,10 @@ from dreamfusion.run.folder import (
     slug,
     write_run_config,
 )
+from dreamfusion.run.log import truncate_records
 
 if TYPE_CHECKING:
+    from dreamfusion.batch import BatchOutcome, RunSpec
     from dreamfusion.exporter.pipeline import ExportConfig, ExportResult
     from dreamfusion.training.trainer import StepMetrics, Trainer
 
@@ -275,9 +278,10 @@ def resume(
     with RunLock(run_dir):
         config = read_run_config(run_dir)  # again, under the lock: the one that counts
         # The checkpoint is read before the prior loads: a damaged one should not cost a model load first.
-        checkpoint = load_latest(run_dir)
+        # A run stopped before its first checkpoint starts again from step 0 (the same seeded run).
+        checkpoint = load_latest(run_dir) if latest_checkpoint(run_dir / "checkpoints") else None
         run = Run(run_dir)
-        if checkpoint.step >= config.train.steps:
+        if checkpoint is not None and checkpoint.step >= config.train.steps:
             _notify(on_progress, Progress("finished", run_dir, checkpoint.step, config.train.steps))
             if latest_export(run_dir) is None:
                 _notify(on_progress, Progress("export", run_dir, checkpoint.step, config.train.steps))
@@ -292,7 +296,11 @@ def resume(
         trainer = Trainer(
             config, run_dir, load_guidance(config, torch_device), torch_device, default_cache_dir()
         )
-        trainer.restore(checkpoint)
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+        else:
+            log.warning("%s has no checkpoint yet: starting it again from step 0", run_dir)
+            truncate_records(run_dir / "metrics.jsonl", 0)
         return _train_and_export(trainer, on_progress, stop, progress)
 
 
@@ -430,3 +438,52 @@ def evaluate(
     result = evaluate_run(run_dir, image_text, EvalConfig(views=views, resolution=resolution))
     write_eval(run_dir, result)
     return result
+
+
+# ---- many runs
+
+
+def batch(
+    prompts: Path | str | Sequence[str | RunSpec],
+    *,
+    out: Path | str | None = None,
+    seeds: Sequence[int] = (0,),
+    steps: int | None = None,
+    overrides: Sequence[str] = (),
+    address: str | None = None,
+    workers: int | None = None,
+    evaluate: bool = True,
+    device: str | None = None,
+    retries: int = 3,
+    progress: bool = False,
+) -> BatchOutcome:
+    """Run many prompts x seeds as Ray tasks (`dreamfusion batch`): `prompts` is a prompts file (text, one
+    per line, or YAML; see dreamfusion.batch.plan) or a list of prompts or RunSpecs. Without `address`, Ray
+    starts on this machine with one worker per core (or `workers`); with one, it joins that cluster.
+    Finished runs are skipped and half-done ones resumed, so calling it again continues the batch. Every
+    run's settings are checked before any starts. Returns the table of all runs (also written to
+    OUT/batch.json and OUT/batch.md); `out` defaults to runs/batch-<file name> (runs/batch for a list)."""
+    from dreamfusion.batch import RunSpec, check_specs, read_prompts_file, run_batch
+
+    if isinstance(prompts, (str, Path)):
+        specs = read_prompts_file(Path(prompts), seeds, steps, overrides)
+        default_out = Path("runs") / f"batch-{slug(Path(prompts).stem)}"
+    else:
+        specs = []
+        for p in prompts:
+            if isinstance(p, RunSpec):
+                specs.append(p)
+            else:
+                specs += [RunSpec(p, s, f"{slug(p)}-seed{s}", steps, tuple(overrides)) for s in seeds]
+        check_specs(specs)
+        default_out = Path("runs") / "batch"
+    return run_batch(
+        specs,
+        Path(out) if out is not None else default_out,
+        address=address,
+        workers=workers,
+        evaluate=evaluate,
+        device=device,
+        retries=retries,
+        progress=progress,
+    )

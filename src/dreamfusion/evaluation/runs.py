@@ -49,6 +49,7 @@ from dreamfusion.evaluation.surface import albedo_delta_e, chamfer_to_scene
 from dreamfusion.fields.base import Field
 from dreamfusion.fields.grid import density_grid
 from dreamfusion.fields.mesh import MeshConfig, extract_mesh
+from dreamfusion.files import write_text_atomic
 from dreamfusion.render.background import SolidBackground
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.lights import LightConfig
@@ -230,7 +231,7 @@ def free_eval_path(run_dir: Path) -> Path:
 
 def write_eval(run_dir: Path, result: dict[str, object]) -> Path:
     path = free_eval_path(Path(run_dir))
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")  # a killed eval leaves no half file
     return path
 
 

@@ -3,8 +3,8 @@
     import dreamfusion
     run = dreamfusion.generate("a red cube")
 
-The API (generate, resume, export, evaluate, Run) lives in dreamfusion.api and is imported on first use,
-so that `import dreamfusion` and `dreamfusion --help` stay quick.
+The API (generate, resume, export, evaluate, batch, Run) lives in dreamfusion.api and is imported on first
+use, so that `import dreamfusion` and `dreamfusion --help` stay quick.
 """
 
 from __future__ import annotations
@@ -13,10 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Progress", "Run", "RunAborted", "__version__", "evaluate", "export", "generate", "resume"]
+__all__ = [
+    "Progress",
+    "Run",
+    "RunAborted",
+    "__version__",
+    "batch",
+    "evaluate",
+    "export",
+    "generate",
+    "resume",
+]
 
 if TYPE_CHECKING:
-    from dreamfusion.api import Progress, Run, RunAborted, evaluate, export, generate, resume
+    from dreamfusion.api import Progress, Run, RunAborted, batch, evaluate, export, generate, resume
 
 
 def __getattr__(name: str) -> Any:

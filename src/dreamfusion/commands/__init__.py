@@ -1,6 +1,7 @@
 """The `dreamfusion` command line: one module per command, each with `add_commands(subparsers)`.
 
 - generate.py: `generate` and `resume`;
+- batch.py: `batch`, many runs on Ray;
 - prior.py: `prior train | export | sample | latent | vocab | ship`;
 - export.py: `export`;
 - evaluate.py: `eval`;
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from tqdm import tqdm
 
 from dreamfusion import __version__
-from dreamfusion.commands import evaluate, export, generate, judge, prior, serve
+from dreamfusion.commands import batch, evaluate, export, generate, judge, prior, serve
 from dreamfusion.commands.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, OneLineErrorParser
 from dreamfusion.errors import UserError
 
@@ -50,7 +51,7 @@ examples:
 Run `dreamfusion COMMAND --help` for the options of a command.
 """
 
-COMMANDS = (generate, prior, export, evaluate, judge, serve)  # in the order `--help` lists them
+COMMANDS = (generate, batch, prior, export, evaluate, judge, serve)  # in the order `--help` lists them
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,9 +1,9 @@
 """The paper's Table 1 and its Fig. 6 ablation on the procedural world, in one command (issue #5).
 
 Every prompt of the evaluation suite (`dreamfusion.evaluation.suite`, 28 world captions, 10 of them held out
-from the built-in prior) is generated with each seed by each method row, in fresh `dreamfusion generate`
-processes, two at a time on a 2-core machine (one thread each: two runs on one core each are faster than
-one run on two). Each finished run is scored by `dreamfusion eval` (eval.json in the run folder), and the
+from the built-in prior) is generated with each seed by each method row, as a `dreamfusion batch` (Ray,
+embedded), two runs at a time on a 2-core machine (one thread each: two runs on one core each are faster
+than one run on two). Each finished run is scored by the batch's eval (eval.json in the run folder), and the
 rows are averaged over runs, split into held-in and held-out prompts:
 
 | row | what changes |
@@ -21,10 +21,11 @@ field, optimiser and steps, with a perfect 2D teacher. It measures the ceiling o
 
 Columns: R-Precision Color and Geo (the judge, or `--model` CLIP), volumetric IoU at a fixed level and at
 the exported mesh's level, Chamfer distance (world units), colour error (mean CIEDE2000 of the albedo on the
-surface) and seconds per asset (wall time of the generate process, export included).
+surface) and seconds per asset (wall time of generate, export included, eval not).
 
-Runs are kept under `--runs` and reused: a run with an eval.json is not run again, and an interrupted run is
-resumed, so the script can be stopped and started again. The table is written to `--out` as Markdown and JSON.
+Runs are kept under `--runs` and reused: a finished run is not run again, and an interrupted one is
+resumed (the batch's rules), so the script can be stopped and started again. The table is written to
+`--out` as Markdown and JSON.
 
     .venv/bin/python benchmarks/table1.py --quick          # 4 prompts x 1 seed x 4 rows, about 10-13 min
     .venv/bin/python benchmarks/table1.py                  # 28 prompts x 2 seeds x 4 rows, about 2.4 h
@@ -38,16 +39,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from dreamfusion.batch import RunSpec, run_batch
 from dreamfusion.device import machine_facts
 from dreamfusion.evaluation.rprecision import r_precision
 from dreamfusion.evaluation.runs import JUDGE, load_image_text_model
@@ -97,36 +97,25 @@ def slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
-def dreamfusion(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dreamfusion", *args]
-
-
-def run_job(job: Job, model: str, threads: int, extra: Sequence[str]) -> dict[str, object]:
-    """Generate (or resume) one run, then evaluate it; returns its eval.json plus the generate seconds."""
-    eval_path = job.run_dir / "eval.json"
-    timing_path = job.run_dir.parent / f"{job.run_dir.name}.seconds.json"
-    if not eval_path.is_file():
-        started = time.perf_counter()
-        if (job.run_dir / "config.yaml").is_file():
-            command = dreamfusion("resume", str(job.run_dir))
-        else:
-            command = dreamfusion(
-                "generate", job.prompt.caption, "--seed", str(job.seed), "--out", str(job.run_dir)
-            )
-            command += [a for o in (*extra, *job.row.overrides) for a in ("--set", o)]
-        command += ["--threads", str(threads), "--no-progress"]
-        log = job.run_dir.parent / f"{job.run_dir.name}.log"
-        with log.open("a", encoding="utf-8") as out:
-            subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT)
-        spent = time.perf_counter() - started
-        earlier = json.loads(timing_path.read_text())["seconds"] if timing_path.is_file() else 0.0
-        timing_path.write_text(json.dumps({"seconds": earlier + spent}))
-        evaluate = dreamfusion("eval", str(job.run_dir), "--model", model, "--threads", str(threads))
-        subprocess.run([*evaluate, "--no-progress"], check=True, stdout=subprocess.DEVNULL)
-    result = json.loads(eval_path.read_text())
-    result["generate_seconds"] = (
-        json.loads(timing_path.read_text())["seconds"] if timing_path.is_file() else None
+def spec_of(job: Job, extra: Sequence[str]) -> RunSpec:
+    """The job as a batch run, in the folder table1 has always used: RUNS/<row>/<prompt>-seed<S>."""
+    return RunSpec(
+        job.prompt.caption,
+        job.seed,
+        f"{slug(job.row.name)}/{slug(job.prompt.caption)}-seed{job.seed}",
+        overrides=(*extra, *job.row.overrides),
     )
+
+
+def job_result(job: Job, record: dict[str, object]) -> dict[str, object]:
+    """A run's eval.json plus the seconds it took to make the asset (generate and export, no eval)."""
+    if record.get("status") != "done":
+        raise SystemExit(f"{job.run_dir}: {record.get('status')}: {record.get('error')}")
+    result = json.loads((job.run_dir / "eval.json").read_text())
+    # Runs made by the earlier process pool kept their generate time beside the folder.
+    timing_path = job.run_dir.parent / f"{job.run_dir.name}.seconds.json"
+    seconds = json.loads(timing_path.read_text())["seconds"] if timing_path.is_file() else None
+    result["generate_seconds"] = seconds if seconds is not None else record.get("asset_seconds")
     return result
 
 
@@ -313,20 +302,19 @@ def main() -> None:
         for p in prompts
         for seed in seeds
     ]
-    for job in jobs:
-        job.run_dir.parent.mkdir(parents=True, exist_ok=True)
     print(f"{len(jobs)} runs, {args.jobs} at a time, into {args.runs}", file=sys.stderr, flush=True)
-    done = 0
-
-    def one(job: Job) -> dict[str, object]:
-        nonlocal done
-        result = run_job(job, args.model, args.threads, args.set)
-        done += 1
-        print(f"[{done}/{len(jobs)}] {job.row.name}: {job.run_dir.name}", file=sys.stderr, flush=True)
-        return result
-
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(one, jobs))
+    specs = [spec_of(job, args.set) for job in jobs]
+    outcome = run_batch(
+        specs,
+        args.runs,
+        workers=args.jobs,
+        threads=args.threads,
+        model=args.model,
+        progress=sys.stderr.isatty(),
+        on_run=lambda r: print(f"{r['run']}: {r['status']}", file=sys.stderr, flush=True),
+    )
+    records = {r["run"]: r for r in outcome.rows}
+    results = [job_result(job, records[spec.name]) for job, spec in zip(jobs, specs, strict=True)]
 
     for row in rows:
         mine = [(j, r) for j, r in zip(jobs, results, strict=True) if j.row == row]

@@ -88,7 +88,9 @@ def read_record(root: Path, spec: RunSpec) -> dict[str, Any] | None:
 # ---- one task
 
 
-def run_task(spec: RunSpec, root: str, evaluate: bool, threads: int, device: str | None) -> dict[str, Any]:
+def run_task(
+    spec: RunSpec, root: str, evaluate: bool, threads: int, device: str | None, model: str = "judge"
+) -> dict[str, Any]:
     """One run, start to finish, in whatever process Ray gives it (also callable without Ray)."""
     from dreamfusion import api
     from dreamfusion.evaluation.runs import world_scene
@@ -112,9 +114,10 @@ def run_task(spec: RunSpec, root: str, evaluate: bool, threads: int, device: str
         run = api.generate_config(spec.config(), run_dir, device, threads, note_start)
         if run.folder != run_dir:  # generate never writes into a folder that holds something
             raise UserError(f"{run_dir} held files that are not a run; the run went to {run.folder}")
+    asset_seconds = time.perf_counter() - started
     scores = None
     if evaluate and run.finished and world_scene(spec.prompt) is not None:
-        scores = run.evaluation or api.evaluate(run_dir)
+        scores = run.evaluation or api.evaluate(run_dir, model=model)
     attempts = _read_attempts(root_dir, spec)
     record = {
         "run": spec.name,
@@ -125,6 +128,7 @@ def run_task(spec: RunSpec, root: str, evaluate: bool, threads: int, device: str
         "attempts": sum(1 for a in attempts if a["event"] == "attempt"),
         "resumed_from": resumed_from[-1] if resumed_from else 0,
         "seconds": time.perf_counter() - started,  # this attempt's wall time, export and eval included
+        "asset_seconds": asset_seconds,  # the same up to the end of the export (no eval)
         "train_seconds": sum(float(m.get("seconds") or 0.0) for m in run.metrics),
         "mesh": str(run.mesh["glb"].relative_to(root_dir)) if "glb" in run.mesh else None,
         "scores": _scores(scores),
@@ -197,6 +201,7 @@ def run_batch(
     retries: int = 3,
     progress: bool = False,
     on_run: Callable[[dict[str, Any]], None] | None = None,
+    model: str = "judge",
 ) -> BatchOutcome:
     """Run every spec not yet finished under `out` as a Ray task; returns the table of all of them."""
     root = Path(out).absolute()
@@ -207,7 +212,7 @@ def run_batch(
     if pending:
         root.mkdir(parents=True, exist_ok=True)
         failures = _run_on_ray(
-            pending, root, address, workers, evaluate, threads, device, retries, progress, on_run
+            pending, root, address, workers, evaluate, threads, device, retries, progress, on_run, model
         )
     rows = [_row(root, s, failures) for s in specs]
     table_json = table_md = None
@@ -235,6 +240,7 @@ def _run_on_ray(
     retries: int,
     progress: bool,
     on_run: Callable[[dict[str, Any]], None] | None,
+    model: str,
 ) -> dict[str, str]:
     from tqdm import tqdm
 
@@ -246,7 +252,7 @@ def _run_on_ray(
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"num_gpus": 1, "num_cpus": 1} if gpus > 0 else {"num_cpus": 1}
         task = ray.remote(max_retries=retries, retry_exceptions=False, **resources)(run_task)
-        refs = {task.remote(s, str(root), evaluate, threads, device): s for s in pending}
+        refs = {task.remote(s, str(root), evaluate, threads, device, model): s for s in pending}
         failures: dict[str, str] = {}
         bar = tqdm(total=len(refs), disable=not progress, unit="run", dynamic_ncols=True)
         waiting = list(refs)

@@ -234,12 +234,21 @@ def generate_config(
     stop: StopFlag | None = None,
     progress: bool = False,
 ) -> Run:
-    """`generate` for a Config already resolved (the CLI's path)."""
+    """`generate` for a Config already resolved (the CLI's path). Under torchrun, every process calls it:
+    rank 0 creates the run folder and exports, the others train their share (dreamfusion.distributed)."""
+    from dreamfusion import distributed
     from dreamfusion.guidance.embeddings import default_cache_dir
     from dreamfusion.training.trainer import Trainer
 
     torch_device = pick_device(device)
     use_cpu_threads(threads)
+    shard = distributed.start(torch_device, config.train.batch_size)
+    if shard is not None and not shard.is_main:
+        prior = load_guidance(config, torch_device)
+        run_dir = shard.broadcast()  # rank 0's folder, once it has claimed one
+        trainer = Trainer(config, run_dir, prior, torch_device, None, shard)
+        trainer.train(progress=False, handle_sigint=True)
+        return Run(run_dir)
     requested = (
         Path(out) if out is not None else Path("runs") / f"{slug(config.prompt.text)}-seed{config.train.seed}"
     )
@@ -248,9 +257,11 @@ def generate_config(
     # created, so a mistake leaves nothing behind.
     prior = load_guidance(config, torch_device)
     run_dir = claim_run_dir(requested)  # atomic: a second generate with the same `out` gets another folder
+    if shard is not None:
+        shard.broadcast(run_dir)
     with RunLock(run_dir) as lock:
         try:
-            trainer = Trainer(config, run_dir, prior, torch_device, default_cache_dir())
+            trainer = Trainer(config, run_dir, prior, torch_device, default_cache_dir(), shard)
         except BaseException:
             lock.abandon()  # nothing was written: leave nothing behind
             raise
@@ -272,8 +283,27 @@ def resume(
     progress: bool = False,
 ) -> Run:
     """Continue a stopped run from its latest checkpoint with its config.yaml. A finished run whose export
-    never completed (killed while exporting) is exported; a finished, exported run is returned as it is."""
+    never completed (killed while exporting) is exported; a finished, exported run is returned as it is.
+    Under torchrun rank 0 reads the folder and hands the config and checkpoint to the other processes."""
+    from dreamfusion import distributed
+    from dreamfusion.training.trainer import Trainer
+
     run_dir = Path(run_dir)
+    shard = None
+    if distributed.launched():  # rank 0 goes on below; the others wait for what it read
+        torch_device = pick_device(device)
+        use_cpu_threads(threads)
+        shard = distributed.start(torch_device)
+        if not shard.is_main:
+            config, checkpoint = shard.broadcast()
+            if config is None:  # nothing to train: the run is finished (rank 0 exports it if need be)
+                return Run(run_dir)
+            distributed.check_split(config.train.batch_size, shard.world)
+            trainer = Trainer(config, run_dir, load_guidance(config, torch_device), torch_device, None, shard)
+            if checkpoint is not None:
+                trainer.restore(checkpoint)
+            trainer.train(progress=False, handle_sigint=True)
+            return Run(run_dir)
     read_run_config(run_dir)  # a missing or foreign folder is reported before anything is locked
     with RunLock(run_dir):
         config = read_run_config(run_dir)  # again, under the lock: the one that counts
@@ -281,7 +311,10 @@ def resume(
         # A run stopped before its first checkpoint starts again from step 0 (the same seeded run).
         checkpoint = load_latest(run_dir) if latest_checkpoint(run_dir / "checkpoints") else None
         run = Run(run_dir)
-        if checkpoint is not None and checkpoint.step >= config.train.steps:
+        finished = checkpoint is not None and checkpoint.step >= config.train.steps
+        if shard is not None:
+            shard.broadcast((None, None) if finished else (config, checkpoint))
+        if finished:
             _notify(on_progress, Progress("finished", run_dir, checkpoint.step, config.train.steps))
             if latest_export(run_dir) is None:
                 _notify(on_progress, Progress("export", run_dir, checkpoint.step, config.train.steps))
@@ -289,12 +322,14 @@ def resume(
             _notify(on_progress, Progress("done", run_dir, checkpoint.step, config.train.steps))
             return run
         from dreamfusion.guidance.embeddings import default_cache_dir
-        from dreamfusion.training.trainer import Trainer
 
-        torch_device = pick_device(device)
-        use_cpu_threads(threads)
+        if shard is None:
+            torch_device = pick_device(device)
+            use_cpu_threads(threads)
+        else:
+            distributed.check_split(config.train.batch_size, shard.world)
         trainer = Trainer(
-            config, run_dir, load_guidance(config, torch_device), torch_device, default_cache_dir()
+            config, run_dir, load_guidance(config, torch_device), torch_device, default_cache_dir(), shard
         )
         if checkpoint is not None:
             trainer.restore(checkpoint)

@@ -18,9 +18,12 @@ from dreamfusion.errors import SettingsError
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """`None` or "auto" picks CUDA when present, else the CPU. An unavailable device is a user error."""
+    """`None` or "auto" picks CUDA when present, else the CPU. An unavailable device is a user error.
+    One of several processes (torchrun) given plain "cuda" takes the GPU of its LOCAL_RANK."""
     if requested in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and "LOCAL_RANK" in os.environ:
+        requested = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     try:
         device = torch.device(requested)
     except RuntimeError as exc:
@@ -50,14 +53,16 @@ def cpu_threads(requested: int | None = None) -> int:
     torch starts one thread per core. When another process holds one of them, the threads of each parallel
     region wait on the slowest, and on a shared 2-core machine `generate` ran about 20 times slower with two
     threads than with one (benchmarks/README.md). The load average is the cheap, portable measure of busy
-    cores; it lags by a minute, which is fine for a run that lasts longer."""
+    cores; it lags by a minute, which is fine for a run that lasts longer. Several processes of one run on
+    this machine (torchrun's LOCAL_WORLD_SIZE) share the free cores."""
     if requested is not None:
         if requested < 1:
             raise SettingsError(f"--threads must be at least 1, got {requested}")
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - busy)))
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(cores, round(cores - busy)) // sharing)
 
 
 def use_cpu_threads(requested: int | None = None) -> int:

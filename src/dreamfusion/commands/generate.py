@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from dreamfusion import distributed
 from dreamfusion.api import Progress, Run, RunAborted, generate_config, resume
 from dreamfusion.commands.common import (
     EXIT_INTERRUPTED,
@@ -25,8 +26,9 @@ from dreamfusion.commands.common import (
     seed,
     show_progress,
 )
+from dreamfusion.errors import SettingsError
 from dreamfusion.guidance import BACKENDS
-from dreamfusion.run.config import Config, resolve_config
+from dreamfusion.run.config import Config, read_run_config, resolve_config
 
 DEFAULT_MODEL_LINES = "\n".join(
     f"  {kind:<18}{model}"
@@ -110,6 +112,9 @@ def resume_hint(run_dir: Path) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     config = build_config(args)
+    if args.processes > 1:  # checked here, so that a mistake is one line and not N
+        distributed.check_split(config.train.batch_size, args.processes)
+        return launch_processes(args.processes)
     return train_reporting(
         lambda: generate_config(
             config, args.out, args.device, args.threads, print_start, progress=show_progress(args)
@@ -118,6 +123,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    if args.processes > 1:
+        distributed.check_split(read_run_config(args.run_dir).train.batch_size, args.processes)
+        return launch_processes(args.processes)
     return train_reporting(
         lambda: resume(
             args.run_dir,
@@ -126,6 +134,26 @@ def cmd_resume(args: argparse.Namespace) -> int:
             on_progress=announce_resume,
             progress=show_progress(args),
         )
+    )
+
+
+def launch_processes(processes: int) -> int:
+    """This same command line, less --processes, in `processes` processes (torchrun's agent)."""
+    if distributed.launched():
+        raise SettingsError(
+            "--processes cannot be used under torchrun: torchrun already started the processes"
+        )
+    return distributed.launch(processes, distributed.without_option(sys.argv[1:], "--processes"))
+
+
+def add_processes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="split each step's train.batch_size views over N processes on this machine (torch.distributed: "
+        "gloo on the CPU, NCCL with one GPU each); the same as torchrun --nproc-per-node N",
     )
 
 
@@ -189,6 +217,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="skip the turntable (MP4, GIF and contact sheet of the shaded and textureless mesh) in export/",
     )
     add_set_option(g, "train.resolution=32")
+    add_processes_option(g)
     add_threads_option(g)
     add_progress_option(g)
     g.set_defaults(func=cmd_generate)
@@ -200,6 +229,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a folder written by dreamfusion generate")
     r.add_argument("--device", metavar="DEV", help=DEVICE_HELP)
+    add_processes_option(r)
     add_threads_option(r)
     add_progress_option(r)
     r.set_defaults(func=cmd_resume)

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from dreamfusion.render.cameras import Cameras
+
+if TYPE_CHECKING:
+    from dreamfusion.distributed import Shard
 
 
 class NoisePrediction(NamedTuple):
@@ -80,6 +83,11 @@ class Guidance(Protocol):
         ...
 
     def set_rng_state(self, state: Tensor) -> None: ...
+
+    def use_shard(self, shard: Shard) -> None:
+        """From now on each call sees one process's share of a larger batch: its random draws are that
+        share's rows of the whole batch's (dreamfusion.distributed)."""
+        ...
 
 
 Weighting = Literal["sigma2", "uniform"]
@@ -161,6 +169,7 @@ class ScoreDistillation:
         self.config = config  # SDSConfig validated its ranges
         self.alphas_cumprod = alphas_cumprod.float()  # (T,)
         self.generator = generator
+        self.shard: Shard | None = None  # one process's share of the batch (dreamfusion.distributed)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -180,6 +189,8 @@ class ScoreDistillation:
         lo, hi = self.t_range(step)
         t_lo = int(round(lo * (self.num_train_timesteps - 1)))
         t_hi = int(round(hi * (self.num_train_timesteps - 1)))
+        if self.shard is not None:
+            return self.shard.randint(t_lo, t_hi + 1, batch, self.generator)
         device = self.generator.device
         return torch.randint(t_lo, t_hi + 1, (batch,), generator=self.generator, device=device)
 
@@ -194,7 +205,12 @@ class ScoreDistillation:
         x0 = x0.detach()
         batch = x0.shape[0]
         t = self.sample_timesteps(batch, step)
-        noise = torch.randn(x0.shape, generator=self.generator, device=self.generator.device, dtype=x0.dtype)
+        if self.shard is not None:
+            noise = self.shard.randn(x0.shape, self.generator, x0.dtype)
+        else:
+            noise = torch.randn(
+                x0.shape, generator=self.generator, device=self.generator.device, dtype=x0.dtype
+            )
         noise = noise.to(x0.device)
         abar = self.alphas_cumprod.to(x0.device)[t.to(x0.device)].to(x0.dtype)
         z_t = add_noise(x0, noise, abar)

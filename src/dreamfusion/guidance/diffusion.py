@@ -16,6 +16,7 @@ from dreamfusion.guidance.hub import quiet_diffusers_and_transformers
 from dreamfusion.guidance.text_encoder import PromptEncoder
 
 if TYPE_CHECKING:
+    from dreamfusion.distributed import Shard
     from dreamfusion.guidance import GuidanceConfig, GuidanceContext
 
 Backend = TypeVar("Backend", bound="FrozenPrior")
@@ -60,6 +61,9 @@ class FrozenPrior:
 
     def set_rng_state(self, state: Tensor) -> None:
         self.generator.set_state(state.cpu())
+
+    def use_shard(self, shard: Shard) -> None:
+        self.sds.shard = shard
 
     def _predict_noise(self, z_t: Tensor, t: Tensor, text: TextEmbeddings) -> NoisePrediction:
         batch = z_t.shape[0]

@@ -24,6 +24,7 @@ from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.shading import ShadingMode
 
 if TYPE_CHECKING:
+    from dreamfusion.distributed import Shard
     from dreamfusion.guidance import GuidanceConfig, GuidanceContext
 
 # guidance.target.shape: a named test object, or "prompt": the procedural world's scene of the run's prompt.
@@ -114,3 +115,6 @@ class TargetGuidance:
 
     def set_rng_state(self, state: Tensor) -> None:
         pass
+
+    def use_shard(self, shard: Shard) -> None:
+        pass  # no randomness of its own: the target renders the views it is given

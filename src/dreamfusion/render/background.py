@@ -8,11 +8,15 @@ objects that "vanish" into a learned environment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from dreamfusion.fields.base import init_linear
+
+if TYPE_CHECKING:
+    from dreamfusion.distributed import Shard
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,11 @@ class BackgroundConfig:
 
 
 class Background(nn.Module):
-    def forward(self, directions: Tensor, generator: torch.Generator | None) -> Tensor:
-        """directions (B, H, W, 3) -> colours (B, H, W, 3) in [0, 1]. No generator: a validation render."""
+    def forward(
+        self, directions: Tensor, generator: torch.Generator | None, shard: Shard | None = None
+    ) -> Tensor:
+        """directions (B, H, W, 3) -> colours (B, H, W, 3) in [0, 1]. No generator: a validation render.
+        `shard`: the B images are one process's share of a larger batch (dreamfusion.distributed)."""
         raise NotImplementedError
 
 
@@ -45,22 +52,33 @@ class EnvironmentMLP(Background):
         init_linear(self.hidden, generator)
         init_linear(self.out, generator)
 
-    def forward(self, directions: Tensor, generator: torch.Generator | None) -> Tensor:
+    def forward(
+        self, directions: Tensor, generator: torch.Generator | None, shard: Shard | None = None
+    ) -> Tensor:
         scales = 2.0 ** torch.arange(self.frequencies, device=directions.device) * torch.pi
         angles = directions[..., None, :] * scales[:, None]  # (..., F, 3)
         encoded = torch.cat([directions, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
         return torch.sigmoid(self.out(torch.relu(self.hidden(encoded))))
 
 
-def random_colours(n: int, generator: torch.Generator, colourfulness: float = 1.0) -> Tensor:
+def random_colours(
+    n: int, generator: torch.Generator, colourfulness: float = 1.0, shard: Shard | None = None
+) -> Tensor:
     """(n, 3) random background colours: a light grey in [0.5, 1] mixed with a uniform random colour, the
     colour's share being `colourfulness` (1: any colour, 0: greys only). Muted backgrounds keep an object's
     colour the most visible thing in an image; the world's renders and the NeRF's solid backgrounds share
-    this so that the built-in prior and SDS see the same kind of picture."""
-    colour = torch.rand(n, 3, generator=generator)
+    this so that the built-in prior and SDS see the same kind of picture. With a `shard`, these n are this
+    process's rows of the whole batch's colours (dreamfusion.distributed)."""
+
+    def draw(columns: int) -> Tensor:
+        if shard is not None:
+            return shard.rand((n, columns), generator)
+        return torch.rand(n, columns, generator=generator)
+
+    colour = draw(3)
     if colourfulness == 1.0:
         return colour
-    grey = 0.5 + 0.5 * torch.rand(n, 1, generator=generator)
+    grey = 0.5 + 0.5 * draw(1)
     return torch.lerp(grey.expand(n, 3), colour, colourfulness)
 
 
@@ -69,12 +87,14 @@ class SolidBackground(Background):
         super().__init__()
         self.colourfulness = colourfulness
 
-    def forward(self, directions: Tensor, generator: torch.Generator | None) -> Tensor:
+    def forward(
+        self, directions: Tensor, generator: torch.Generator | None, shard: Shard | None = None
+    ) -> Tensor:
         batch = directions.shape[0]
         if generator is None:
             colour = torch.ones(batch, 3)
         else:
-            colour = random_colours(batch, generator, self.colourfulness)
+            colour = random_colours(batch, generator, self.colourfulness, shard)
         return colour.to(directions.device).view(batch, 1, 1, 3).expand_as(directions)
 
 

@@ -61,6 +61,18 @@ class Cameras:
     def position(self) -> Tensor:  # (B, 3)
         return self.c2w[:, :3, 3]
 
+    def rows(self, lo: int, hi: int) -> Cameras:
+        """Cameras lo..hi-1 of the batch."""
+        return Cameras(
+            self.c2w[lo:hi],
+            self.focal_px[lo:hi],
+            self.width,
+            self.height,
+            self.elevation_deg[lo:hi],
+            self.azimuth_deg[lo:hi],
+            self.distance[lo:hi],
+        )
+
     def to(self, device: torch.device) -> Cameras:
         return Cameras(
             self.c2w.to(device),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from dreamfusion.render.rays import camera_rays
 from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig, stratified_samples
 from dreamfusion.render.shading import shade
 from dreamfusion.render.volume_rendering import composite, compositing_weights
+
+if TYPE_CHECKING:
+    from dreamfusion.distributed import Shard
 
 
 @dataclass(frozen=True)
@@ -58,18 +62,20 @@ def render(
     modes: Tensor,
     occupancy: OccupancyGrid | None = None,
     generator: torch.Generator | None = None,
+    shard: Shard | None = None,
 ) -> RenderOutput:
     """Render B images. background maps ray directions (B, H, W, 3) to colours (B, H, W, 3);
     lights: (B, 3) positions; modes: (B,) ShadingMode.
 
     Samples in cells the occupancy grid marks empty are never evaluated: they have zero density.
     `generator` jitters the samples (training); None renders deterministically (validation, video).
+    `shard`: these B images are one process's share of a larger batch (dreamfusion.distributed).
     """
     b, h, w = cameras.batch_size, cameras.height, cameras.width
     device = cameras.c2w.device
     rays = camera_rays(cameras)
     background_image = background(rays.directions)
-    samples = stratified_samples(rays, field.bound, settings.sampling, generator)
+    samples = stratified_samples(rays, field.bound, settings.sampling, generator, shard)
     r, s = samples.deltas.shape
     flat_points = samples.points.reshape(-1, 3)
     active = samples.deltas.reshape(-1) > 0

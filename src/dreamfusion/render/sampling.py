@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamfusion.render.rays import Rays, sphere_intersection
+
+if TYPE_CHECKING:
+    from dreamfusion.distributed import Shard
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,15 @@ class RaySamples:
 
 
 def stratified_samples(
-    rays: Rays, bound: float, config: SamplingConfig, generator: torch.Generator | None
+    rays: Rays,
+    bound: float,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    shard: Shard | None = None,
 ) -> RaySamples:
     """S samples per ray between the sphere entry and exit, one uniformly jittered sample per segment
-    (`generator` None puts each sample at its segment's centre, for deterministic renders)."""
+    (`generator` None puts each sample at its segment's centre, for deterministic renders; with a `shard` the
+    jitter is this process's rows of the whole batch's, see dreamfusion.distributed)."""
     origins = rays.origins.reshape(-1, 3)
     directions = rays.directions.reshape(-1, 3)
     near, far, hit = sphere_intersection(origins, directions, bound)
@@ -55,6 +64,8 @@ def stratified_samples(
     s = config.samples_per_ray
     if generator is None:
         offsets = torch.full((origins.shape[0], s), 0.5, device=origins.device)
+    elif shard is not None:
+        offsets = shard.rand((origins.shape[0], s), generator).to(origins.device)
     else:
         offsets = torch.rand(origins.shape[0], s, generator=generator).to(origins.device)
     steps = (torch.arange(s, device=origins.device) + offsets) / s  # (R, S) in [0, 1)

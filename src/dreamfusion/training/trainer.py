@@ -5,6 +5,9 @@ Optimiser: Adam rather than the paper's Distributed Shampoo, which PyTorch does 
 open implementations use, and separate learning rates for the feature grid and the MLPs matter more here
 than the preconditioner. The learning rate follows the paper's shape: linear warm-up, then cosine decay.
 
+With a `Shard` (one of several processes, dreamfusion.distributed) the trainer renders its rows of each
+batch, the gradients are averaged over processes before Adam steps, and only rank 0 writes to the run folder.
+
 A step whose loss or gradient is not finite (a NaN from the prior, an overflow) is skipped: the optimiser
 does not step, so the field and Adam's moments stay as the last good step left them, and the step is
 counted in metrics.jsonl (`skipped`). `train.max_skipped_steps` of them in a row stop the run with a
@@ -26,6 +29,7 @@ from tqdm import tqdm
 
 from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, save_checkpoint
 from dreamfusion.config import dump_yaml
+from dreamfusion.distributed import Shard
 from dreamfusion.errors import UserError
 from dreamfusion.fields import build_field
 from dreamfusion.guidance.base import Guidance, ViewBatch
@@ -69,6 +73,7 @@ class Trainer:
         guidance: Guidance,
         device: torch.device,
         text_cache_dir: Path | None,
+        shard: Shard | None = None,
     ):
         if config.train.resolution is None:
             train = dataclasses.replace(config.train, resolution=render_resolution(config, guidance))
@@ -77,6 +82,10 @@ class Trainer:
         self.run_dir = run_dir
         self.guidance = guidance
         self.device = device
+        self.shard = shard
+        self.is_main = shard is None or shard.is_main  # the process that writes to run_dir
+        if shard is not None:
+            guidance.use_shard(shard)
         seed = config.train.seed
         init_rng = torch.Generator().manual_seed(seed)
         self.field = build_field(config.field, init_rng).to(device)
@@ -119,6 +128,11 @@ class Trainer:
         cameras = sample_cameras(cfg.camera, cfg.train.batch_size, cfg.train.resolution, rng)
         lights = sample_point_lights(cameras.position, cfg.light, rng)
         modes = choose_shading(cfg.shading, step, cfg.train.steps, cfg.train.batch_size, rng)
+        shard = self.shard
+        if shard is not None:  # every process drew the whole batch; each keeps its own views
+            n = cfg.train.batch_size // shard.world
+            cameras = cameras.rows(shard.rank * n, (shard.rank + 1) * n)
+            lights, modes = shard.take(lights), shard.take(modes)
         cameras = cameras.to(self.device)
         orientation_weight = self.orientation_weight(step)
         with_normals = bool((modes != ShadingMode.ALBEDO).any()) or orientation_weight > 0
@@ -126,11 +140,12 @@ class Trainer:
             self.field,
             cameras,
             RenderSettings.of(cfg.sampling, cfg.light, with_normals),
-            background=lambda d: self.background(d, rng),
+            background=lambda d: self.background(d, rng, shard),
             lights=lights,
             modes=modes,
             occupancy=self.occupancy,
             generator=rng,
+            shard=shard,
         )
         images = out.image.permute(0, 3, 1, 2)  # (B, 3, H, W)
 
@@ -139,7 +154,9 @@ class Trainer:
         guided = self.guidance(images, text, step, views)
         grad = guided.image_grad.to(images.dtype)
         # d(sds_surrogate)/d(images) = grad: the prior's Jacobian is skipped (paper eq. 3).
-        sds_surrogate = (grad * images).sum()
+        # The SDS term sums over the batch's views: with N processes each holds 1/N of them, and the
+        # gradients are averaged, so each scales its share by N (the regularisers are means already).
+        sds_surrogate = (grad * images).sum() * (shard.world if shard is not None else 1)
         orient = (
             orientation_loss(out.weights, out.sample_normals, out.directions)
             if out.sample_normals is not None
@@ -165,7 +182,22 @@ class Trainer:
             group["lr"] = base * lr_scale
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        finite = self._finite(total)
+        orient, opacity = float(orient.detach()), float(opacity.detach())
+        sds_square, grad_norm, timestep = float(grad.square().mean()), guided.grad_norm, guided.timesteps
+        timestep = float(timestep.float().mean())
+        extra_terms = [float(term.detach()) for _, term in extras]
+        loss_value = total.detach()
+        if shard is not None:
+            shard.average_gradients(self._parameters())
+            # The step's figures over the whole batch: means of the processes' means (equal shares), and
+            # the norm from the sum of squared norms. A non-finite loss anywhere makes the sum non-finite.
+            local = [float(loss_value), sds_square, grad_norm**2, timestep, orient, opacity, *extra_terms]
+            summed = shard.sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
+            loss_value = torch.tensor(summed[0])
+            sds_square, grad_norm = summed[1] / shard.world, math.sqrt(summed[2])
+            timestep, orient, opacity = (v / shard.world for v in summed[3:6])
+            extra_terms = [v / shard.world for v in summed[6:]]
+        finite = self._finite(loss_value)
         if finite:
             self.optimizer.step()
             self.skipped_in_a_row = 0
@@ -175,14 +207,13 @@ class Trainer:
             self.skipped_in_a_row += 1
         self.step += 1
 
-        orient, opacity = float(orient.detach()), float(opacity.detach())
         regularisers = orientation_weight * orient + cfg.loss.opacity_weight * opacity
-        regularisers += sum(weight * float(term.detach()) for weight, term in extras)
+        regularisers += sum(weight * term for (weight, _), term in zip(extras, extra_terms, strict=True))
         return StepMetrics(
             step=self.step,
-            loss=0.5 * float(grad.square().mean()) + regularisers,
-            sds_grad_norm=guided.grad_norm,
-            timestep=float(guided.timesteps.float().mean()),
+            loss=0.5 * sds_square + regularisers,
+            sds_grad_norm=grad_norm,
+            timestep=timestep,
             orientation=orient,
             opacity=opacity,
             lr_scale=lr_scale,
@@ -191,10 +222,13 @@ class Trainer:
             skipped=self.skipped_steps,
         )
 
+    def _parameters(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
     def _finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss and every gradient are finite (one norm over all gradients: inf or NaN anywhere
         makes it non-finite)."""
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in self._parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
         return bool(torch.isfinite(loss) & torch.isfinite(norm))
 
@@ -216,31 +250,43 @@ class Trainer:
     ) -> bool:
         """Run until config.train.steps. Returns True when finished, False when stopped early by request.
         `on_step(metrics, grid)` is called after every step, with the validation grid's path when that step
-        wrote one; it may call `request_stop()`."""
+        wrote one; it may call `request_stop()`. Of several processes only rank 0 logs, saves, validates
+        and calls `on_step`; a stop asked for on any of them stops all after the same step."""
         cfg = self.config.train
         previous_handler = None
         if handle_sigint:
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+        main = self.is_main
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not (progress and main),
+            unit="step",
+            dynamic_ncols=True,
+        )
         try:
             while self.step < cfg.steps:
                 metrics = self.train_step()
-                self._log(metrics)
+                if main:
+                    self._log(metrics)
                 if self.skipped_in_a_row >= cfg.max_skipped_steps:
                     raise DivergedError(self._diverged_message())
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics.loss:.4g}", opacity=f"{metrics.opacity:.3f}", refresh=False)
                 due = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
-                saved = due or self._stop_requested
+                saved = main and (due or self._stop_requested)
                 if saved:
                     self.save()
                 grid = None
-                if self.step % cfg.validation_every == 0 or self.step == cfg.steps:
+                if main and (self.step % cfg.validation_every == 0 or self.step == cfg.steps):
                     grid = self.validate()
-                if on_step is not None:
+                if main and on_step is not None:
                     on_step(metrics, grid)
-                if self._stop_requested:
-                    if not saved:  # the stop was asked for by on_step (the API's stop flag)
+                stop = self._stop_requested
+                if self.shard is not None:
+                    stop = self.shard.any(stop, self.device)
+                if stop:
+                    if main and not saved:  # the stop was asked for by on_step (the API's stop flag)
                         self.save()
                     return False
             return True
@@ -312,5 +358,7 @@ class Trainer:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"checkpoint does not match this run's configuration: {first_line}") from exc
         self.step = ckpt.step
+        if not self.is_main:  # the run folder is rank 0's
+            return
         truncate_records(self.run_dir / "metrics.jsonl", ckpt.step)
         self.skipped_steps = int((last_record(self.run_dir / "metrics.jsonl") or {}).get("skipped") or 0)

@@ -42,7 +42,7 @@ def test_a_killed_task_resumes_from_its_checkpoint_and_a_second_batch_does_nothi
     deadline = time.monotonic() + 300
     while killed_pid is None and batch.poll() is None and time.monotonic() < deadline:
         attempts = out / ".batch" / "a-red-cube-seed0.attempts.jsonl"
-        checkpoints = list((victim / "checkpoints").glob("*.safetensors")) if victim.is_dir() else []
+        checkpoints = list((victim / "checkpoints").glob("step_*.safetensors")) if victim.is_dir() else []
         if checkpoints and attempts.is_file():
             pid = next(json.loads(a)["pid"] for a in attempts.read_text().splitlines() if '"attempt"' in a)
             os.kill(pid, signal.SIGKILL)

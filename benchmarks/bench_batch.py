@@ -8,7 +8,7 @@ Part 1, runs per hour over the same prompts (seed 0, the default preset, no eval
 Part 2, one prompt at train.batch_size=2: `generate --processes 2` (one thread each) against one process
 (two threads), in seconds and optimisation steps per second.
 
-    .venv/bin/python benchmarks/bench_batch.py                    # 4 prompts, 200 steps
+    .venv/bin/python benchmarks/bench_batch.py                    # 4 prompts, 200 steps, 3 rounds
     .venv/bin/python benchmarks/bench_batch.py --steps 500 --prompts "a red cube,a blue mug"
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dreamfusion.batch import RunSpec, run_batch
+from dreamfusion.batching import RunSpec, run_batch
 from dreamfusion.device import machine_facts
 
 DEFAULT_PROMPTS = "a red cube,a blue mug,a green sphere on top of a yellow cube,a yellow cone"
@@ -47,6 +48,53 @@ def steps_seconds(run_dir: Path) -> float:
     return sum(json.loads(line)["seconds"] for line in lines if line.strip())
 
 
+def one_round(
+    prompts: list[str], steps: int, jobs: int, cores: int
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """One pass of every way: wall seconds of the many-run ways, (wall, optimisation) seconds of part 2."""
+    many: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_batch-") as tmp:
+        root = Path(tmp)
+
+        def record(name: str, seconds: float) -> None:
+            many[name] = seconds
+            print(f"  {name}: {len(prompts)} runs in {seconds:.1f} s", file=sys.stderr, flush=True)
+
+        started = time.perf_counter()
+        for i, prompt in enumerate(prompts):
+            generate(prompt, root / "sequential" / str(i), steps, cores)
+        record("one after another", time.perf_counter() - started)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(
+                pool.map(
+                    lambda i: generate(prompts[i], root / "pool" / str(i), steps, 1), range(len(prompts))
+                )
+            )
+        record("thread pool", time.perf_counter() - started)
+
+        specs = [
+            RunSpec(prompt=p, seed=0, name=str(i), steps=steps, overrides=("export.video=false",))
+            for i, p in enumerate(prompts)
+        ]
+        started = time.perf_counter()
+        outcome = run_batch(specs, root / "ray", workers=jobs, evaluate=False, threads=1)
+        record("batch (embedded Ray)", time.perf_counter() - started)
+        if any(r["status"] != "done" for r in outcome.rows):
+            raise SystemExit(f"batch runs failed: {outcome.rows}")
+
+        batch2 = ["--set", "train.batch_size=2"]
+        processes: dict[str, tuple[float, float]] = {}
+        for name, count, threads in (("1 process", 1, cores), ("2 processes", 2, max(1, cores // 2))):
+            out = root / "processes" / str(count)
+            seconds = generate(prompts[0], out, steps, threads, *batch2, "--processes", str(count))
+            processes[name] = (seconds, steps_seconds(out))
+            note = f"  {name}: {seconds:.1f} s ({processes[name][1]:.1f} s of steps)"
+            print(note, file=sys.stderr, flush=True)
+    return many, processes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -56,59 +104,44 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time (default cores)"
     )
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; the table shows medians")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args()
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     cores = os.cpu_count() or 1
-    results: dict[str, dict[str, float]] = {}
+    rounds: list[tuple[dict[str, float], dict[str, tuple[float, float]]]] = []
+    for repeat in range(args.repeats):
+        print(f"round {repeat + 1} of {args.repeats}", file=sys.stderr, flush=True)
+        rounds.append(one_round(prompts, args.steps, args.jobs, cores))
 
-    with tempfile.TemporaryDirectory(prefix="bench_batch-") as tmp:
-        root = Path(tmp)
-
-        def record(name: str, seconds: float, runs: int) -> None:
-            results[name] = {"runs": runs, "seconds": seconds, "runs_per_hour": 3600 * runs / seconds}
-            print(f"  {name}: {runs} runs in {seconds:.1f} s", file=sys.stderr, flush=True)
-
-        started = time.perf_counter()
-        for i, prompt in enumerate(prompts):
-            generate(prompt, root / "sequential" / str(i), args.steps, cores)
-        record("one after another", time.perf_counter() - started, len(prompts))
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            list(
-                pool.map(
-                    lambda ip: generate(ip[1], root / "pool" / str(ip[0]), args.steps, 1), enumerate(prompts)
-                )
-            )
-        record("thread pool", time.perf_counter() - started, len(prompts))
-
-        specs = [
-            RunSpec(prompt=p, seed=0, name=str(i), steps=args.steps, overrides=("export.video=false",))
-            for i, p in enumerate(prompts)
-        ]
-        started = time.perf_counter()
-        outcome = run_batch(specs, root / "ray", workers=args.jobs, evaluate=False, threads=1)
-        record("batch (embedded Ray)", time.perf_counter() - started, len(prompts))
-        if any(r["status"] != "done" for r in outcome.rows):
-            raise SystemExit(f"batch runs failed: {outcome.rows}")
-
-        one_prompt = prompts[0]
-        batch2 = ["--set", "train.batch_size=2"]
-        processes: dict[str, dict[str, float]] = {}
-        for name, count, threads in (("1 process", 1, cores), ("2 processes", 2, max(1, cores // 2))):
-            out = root / "processes" / str(count)
-            seconds = generate(one_prompt, out, args.steps, threads, *batch2, "--processes", str(count))
-            step_s = steps_seconds(out)
-            processes[name] = {
-                "seconds": seconds,
-                "steps_seconds": step_s,
-                "steps_per_s": args.steps / step_s,
-            }
-            print(f"  {name}: {seconds:.1f} s ({step_s:.1f} s of steps)", file=sys.stderr, flush=True)
+    results = {
+        name: {
+            "runs": len(prompts),
+            "seconds": statistics.median(r[0][name] for r in rounds),
+            "each_seconds": [r[0][name] for r in rounds],
+        }
+        for name in rounds[0][0]
+    }
+    for r in results.values():
+        r["runs_per_hour"] = 3600 * r["runs"] / r["seconds"]
+    processes = {}
+    for name in rounds[0][1]:
+        wall = [r[1][name][0] for r in rounds]
+        steps_s = [r[1][name][1] for r in rounds]
+        processes[name] = {
+            "seconds": statistics.median(wall),
+            "steps_seconds": statistics.median(steps_s),
+            "steps_per_s": args.steps / statistics.median(steps_s),
+            "each_seconds": wall,
+            "each_steps_seconds": steps_s,
+        }
+    one_prompt = prompts[0]
 
     base = results["one after another"]["runs_per_hour"]
-    print(f"\n{len(prompts)} prompts x seed 0, {args.steps} steps, no evaluation, {args.jobs} at a time\n")
+    print(
+        f"\n{len(prompts)} prompts x seed 0, {args.steps} steps, no evaluation, {args.jobs} at a time; "
+        f"medians of {args.repeats} rounds\n"
+    )
     print("| how | runs | wall s | runs / hour | vs one after another |")
     print("|---|---:|---:|---:|---:|")
     for name, r in results.items():
@@ -125,6 +158,7 @@ def main() -> None:
         "prompts": prompts,
         "steps": args.steps,
         "jobs": args.jobs,
+        "repeats": args.repeats,
         "many_runs": results,
         "one_run_batch_2": processes,
         "machine": machine_facts(),

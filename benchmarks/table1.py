@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from dreamfusion.batch import RunSpec, run_batch
+from dreamfusion.batching import RunSpec, run_batch
 from dreamfusion.device import machine_facts
 from dreamfusion.evaluation.rprecision import r_precision
 from dreamfusion.evaluation.runs import JUDGE, load_image_text_model

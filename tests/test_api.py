@@ -139,3 +139,18 @@ def test_errors_are_typed_with_the_clis_message(call, kind, cli_argv, capsys):
     assert isinstance(caught.value, UserError)
     assert main(cli_argv) == 2
     assert capsys.readouterr().err.strip() == f"dreamfusion: error: {' '.join(str(caught.value).split())}"
+
+
+def test_every_api_name_stays_a_function_after_the_whole_package_is_imported():
+    # A subpackage named like an API function (dreamfusion/batch/ once did) replaces the function on the
+    # package as soon as anything imports it, so `dreamfusion.batch(...)` worked only before the first batch.
+    import importlib
+    import pkgutil
+
+    import dreamfusion
+
+    for module in pkgutil.walk_packages(dreamfusion.__path__, "dreamfusion."):
+        if module.name != "dreamfusion.__main__":
+            importlib.import_module(module.name)
+    for name in ("generate", "resume", "export", "evaluate", "batch"):
+        assert callable(getattr(dreamfusion, name)), name

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from dreamfusion.checkpoint import latest_checkpoint
 from dreamfusion.config import dump_yaml
 from dreamfusion.device import pick_device, use_cpu_threads
-from dreamfusion.errors import RunFolderError
+from dreamfusion.errors import RunFolderError, SettingsError
 from dreamfusion.run.config import Config, load_latest, read_run_config, resolve_config
 from dreamfusion.run.folder import (
     RunLock,
@@ -42,7 +42,7 @@ from dreamfusion.run.folder import (
 from dreamfusion.run.log import truncate_records
 
 if TYPE_CHECKING:
-    from dreamfusion.batch import BatchOutcome, RunSpec
+    from dreamfusion.batching import BatchOutcome, RunSpec
     from dreamfusion.exporter.pipeline import ExportConfig, ExportResult
     from dreamfusion.training.trainer import StepMetrics, Trainer
 
@@ -493,13 +493,15 @@ def batch(
     progress: bool = False,
 ) -> BatchOutcome:
     """Run many prompts x seeds as Ray tasks (`dreamfusion batch`): `prompts` is a prompts file (text, one
-    per line, or YAML; see dreamfusion.batch.plan) or a list of prompts or RunSpecs. Without `address`, Ray
+    per line, or YAML; see dreamfusion.batching.plan) or a list of prompts or RunSpecs. Without `address`, Ray
     starts on this machine with one worker per core (or `workers`); with one, it joins that cluster.
     Finished runs are skipped and half-done ones resumed, so calling it again continues the batch. Every
     run's settings are checked before any starts. Returns the table of all runs (also written to
     OUT/batch.json and OUT/batch.md); `out` defaults to runs/batch-<file name> (runs/batch for a list)."""
-    from dreamfusion.batch import RunSpec, check_specs, read_prompts_file, run_batch
+    from dreamfusion.batching import RunSpec, check_specs, read_prompts_file, run_batch
 
+    if retries < 0:
+        raise SettingsError(f"retries must be >= 0, got {retries}")
     if isinstance(prompts, (str, Path)):
         specs = read_prompts_file(Path(prompts), seeds, steps, overrides)
         default_out = Path("runs") / f"batch-{slug(Path(prompts).stem)}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dreamfusion.batch import read_prompts_file
+from dreamfusion.batching import read_prompts_file
 from dreamfusion.errors import UserError
 
 
@@ -59,3 +59,19 @@ def test_bad_prompts_files_are_one_line_errors(tmp_path, name, text, expected):
 def test_a_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot read the prompts file"):
         read_prompts_file(tmp_path / "missing.txt")
+
+
+def test_negative_retries_are_refused_before_anything_runs(tmp_path, capsys):
+    from dreamfusion.api import batch
+    from dreamfusion.commands import EXIT_USER_ERROR, main
+    from dreamfusion.errors import SettingsError
+
+    path = tmp_path / "p.txt"
+    path.write_text("a red cube\n")
+    out = tmp_path / "out"
+    with pytest.raises(SettingsError, match="retries must be >= 0"):
+        batch(path, out=out, retries=-1)
+    assert main(["batch", str(path), "--out", str(out), "--retries", "-1"]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--retries: must be >= 0" in err[0]
+    assert not out.exists()

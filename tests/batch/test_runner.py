@@ -71,7 +71,7 @@ def test_a_killed_task_resumes_from_its_checkpoint_and_a_second_batch_does_nothi
 
 
 def test_without_ray_installed_the_error_names_the_extra(tmp_path, monkeypatch):
-    from dreamfusion.batch import RayMissingError, RunSpec, run_batch
+    from dreamfusion.batching import RayMissingError, RunSpec, run_batch
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(RayMissingError, match=r'pip install -e "\.\[cluster\]"'):

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from dreamfusion.commands.common import add_progress_option, add_set_option, positive_int, seed, show_progress
+from dreamfusion.commands.common import (
+    add_progress_option,
+    add_set_option,
+    non_negative_int,
+    positive_int,
+    seed,
+    show_progress,
+)
 
 EPILOG = """\
 prompts file: plain text, one prompt per line (# starts a comment), or YAML with per-prompt settings:
@@ -52,7 +59,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         where = Path(outcome.rows[0]["run"]).parts[0] if outcome.rows else ""
         print(f"nothing to do: all {outcome.skipped} runs of this batch are already finished ({where}...)")
         return 0
-    from dreamfusion.batch.runner import markdown_table
+    from dreamfusion.batching.runner import markdown_table
 
     print(markdown_table(outcome.rows))
     print(
@@ -92,7 +99,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-eval", action="store_true", help="do not score world prompts (dreamfusion eval)")
     b.add_argument(
         "--retries",
-        type=int,
+        type=non_negative_int,
         default=3,
         metavar="N",
         help="times a run whose process died is started again (default 3)",

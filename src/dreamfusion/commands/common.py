@@ -41,6 +41,10 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    return integer(text, low=0)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreamfusion.batch.plan import RunSpec
+from dreamfusion.batching.plan import RunSpec
 from dreamfusion.errors import UserError
 from dreamfusion.files import write_text_atomic
 

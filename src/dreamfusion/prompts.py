@@ -22,6 +22,7 @@ class PromptConfig:
     overhead_above_deg: float = 60.0  # "overhead view" above this elevation
     front_half_width_deg: float = 45.0  # front is azimuth within +-45 deg, back within +-45 deg of 180
     interpolate: bool = False  # blend front/side/back embeddings by azimuth instead of switching
+    debias: bool = False  # D-SDS prompt debiasing: drop the prompt's words that name another view
 
 
 def view_word(elevation_deg: float, azimuth_deg: float, config: PromptConfig) -> str:
@@ -40,6 +41,26 @@ def view_word(elevation_deg: float, azimuth_deg: float, config: PromptConfig) ->
 
 def with_view(prompt: str, view: str) -> str:
     return f"{prompt}, {view} view"
+
+
+# Words that name a view. D-SDS (Hong et al. 2023) finds the words that conflict with a view by their
+# pointwise mutual information under an image-text model; this is the lexical core of it: a prompt word that
+# names one view is removed from the prompts of the other views. Part names ("a chair with a back") are
+# removed too, which is why it is an option.
+VIEW_NAMING_WORDS: dict[str, frozenset[str]] = {
+    "front": frozenset({"front", "frontal", "face", "facing"}),
+    "side": frozenset({"side", "sideways", "profile"}),
+    "back": frozenset({"back", "rear", "behind"}),
+    "overhead": frozenset({"overhead", "top", "above"}),
+}
+
+
+def debias_prompt(prompt: str, view: str) -> str:
+    """`prompt` without the words that name a view other than `view` (punctuation around a word is kept
+    apart from it when matching: "rear," counts as "rear")."""
+    other = frozenset().union(*(words for name, words in VIEW_NAMING_WORDS.items() if name != view))
+    kept = [w for w in prompt.split() if w.strip(".,;:!?").lower() not in other]
+    return " ".join(kept)
 
 
 def validate_prompt(prompt: str) -> str:

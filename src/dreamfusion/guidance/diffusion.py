@@ -67,18 +67,28 @@ class FrozenPrior:
 
     def _predict_noise(self, z_t: Tensor, t: Tensor, text: TextEmbeddings) -> NoisePrediction:
         batch = z_t.shape[0]
-        states = torch.cat([per_image(text.cond, batch), per_image(text.uncond, batch)])
-        # Both CFG halves in one U-Net call (a batch of 2B), then split back by name.
+        parts = [per_image(text.cond, batch), per_image(text.uncond, batch)]
+        k = 0 if text.negatives is None else text.negatives.shape[1]
+        if text.negatives is not None:  # Perp-Neg: K more prompts per image, image-major
+            parts.append(text.negatives.flatten(0, 1))
+        states = torch.cat(parts)
+        z_all = torch.cat([z_t, z_t, z_t.repeat_interleave(k, 0)])
+        t_all = torch.cat([t, t, t.repeat_interleave(k, 0)])
+        # Every CFG half (and Perp-Neg's negatives) in one U-Net call, then split back by name.
         output = self.unet(
-            torch.cat([z_t, z_t]).to(self.dtype),
-            torch.cat([t, t]),
-            encoder_hidden_states=states.to(self.device, self.dtype),
+            z_all.to(self.dtype), t_all, encoder_hidden_states=states.to(self.device, self.dtype)
         ).sample.float()
         output = output[:, : self.eps_channels]
-        abar = self.alphas_cumprod[t].repeat(2)
-        eps = epsilon_from_output(output, torch.cat([z_t, z_t]), abar, self.prediction_type)
-        cond, uncond = eps.chunk(2)
-        return NoisePrediction(cond=cond, uncond=uncond)
+        eps = epsilon_from_output(output, z_all, self.alphas_cumprod[t_all], self.prediction_type)
+        cond, uncond, negatives = eps[:batch], eps[batch : 2 * batch], eps[2 * batch :]
+        if text.negatives is None:
+            return NoisePrediction(cond=cond, uncond=uncond)
+        return NoisePrediction(
+            cond=cond,
+            uncond=uncond,
+            negatives=negatives.view(batch, k, *negatives.shape[1:]),
+            negative_weights=text.negative_weights,
+        )
 
 
 def build_backend(backend: type[Backend], config: GuidanceConfig, context: GuidanceContext) -> Backend:

@@ -17,9 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from dreamfusion.errors import SettingsError
 from dreamfusion.files import atomic_path, dreamfusion_cache
 from dreamfusion.guidance.base import Guidance, TextEmbeddings
-from dreamfusion.prompts import VIEW_WORDS, PromptConfig, validate_prompt, view_word, with_view
+from dreamfusion.prompts import VIEW_WORDS, PromptConfig, debias_prompt, validate_prompt, view_word, with_view
 from dreamfusion.render.cameras import Cameras
 
 log = logging.getLogger("dreamfusion")
@@ -95,12 +96,31 @@ def cached_text_embeddings(guidance: Guidance, texts: Sequence[str], cache_dir: 
 
 
 class PromptEmbeddings:
-    """Embeddings of the prompt with each view word, and of the negative prompt, computed once."""
+    """Embeddings of the prompt with each view word, and of the negative prompt, computed once.
 
-    def __init__(self, config: PromptConfig, guidance: Guidance, cache_dir: Path | None):
+    `perp_neg` > 0 (guidance.sds.perp_neg) also gives each camera Perp-Neg's negative prompts: the front and
+    the back view prompts, weighted perp_neg * d / 180 and perp_neg * (1 - d / 180) for a camera d degrees
+    of azimuth from the front. A back view pushes away from "front view" at full weight, a side view from
+    both at half, and a front view from "back view"; guidance/base.py keeps only their perpendicular parts.
+    """
+
+    def __init__(
+        self, config: PromptConfig, guidance: Guidance, cache_dir: Path | None, perp_neg: float = 0.0
+    ):
         self.prompt = validate_prompt(config.text)
         self.config = config
-        texts = [with_view(self.prompt, v) for v in VIEW_WORDS] if config.view_dependent else [self.prompt]
+        self.perp_neg = perp_neg
+        if perp_neg > 0 and not config.view_dependent:
+            raise SettingsError(
+                "guidance.sds.perp_neg needs view prompts: set prompt.view_dependent=true or perp_neg=0"
+            )
+        if config.view_dependent:
+            texts = [
+                with_view(debias_prompt(self.prompt, v) if config.debias else self.prompt, v)
+                for v in VIEW_WORDS
+            ]
+        else:
+            texts = [self.prompt]
         embeddings = cached_text_embeddings(guidance, texts + [config.negative], cache_dir)
         self.views = embeddings[:-1]  # (4 or 1, L, D)
         self.negative = embeddings[-1]  # (L, D)
@@ -112,7 +132,13 @@ class PromptEmbeddings:
         ]
         cond = torch.stack(rows).to(device=device, dtype=dtype)
         uncond = self.negative.expand_as(cond).to(device=device, dtype=dtype)
-        return TextEmbeddings(cond=cond, uncond=uncond)
+        if self.perp_neg <= 0:
+            return TextEmbeddings(cond=cond, uncond=uncond)
+        from_front = torch.minimum(cameras.azimuth_deg % 360.0, 360.0 - cameras.azimuth_deg % 360.0).float()
+        weights = self.perp_neg * torch.stack([from_front / 180.0, 1.0 - from_front / 180.0], -1)
+        front_back = self.views[[0, 2]]  # (2, L, D)
+        negatives = front_back.expand(cond.shape[0], *front_back.shape).to(device=device, dtype=dtype)
+        return TextEmbeddings(cond, uncond, negatives, weights.to(device=device, dtype=dtype))
 
     def words(self, cameras: Cameras) -> list[str]:
         return [

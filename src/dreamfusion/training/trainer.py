@@ -112,7 +112,9 @@ class Trainer:
         )
         # Cameras, lights, shading modes, sample jitter and background colours all draw from this generator.
         self.scene_rng = torch.Generator().manual_seed(seed + 1)
-        self.prompts = PromptEmbeddings(config.prompt, guidance, text_cache_dir)
+        self.prompts = PromptEmbeddings(
+            config.prompt, guidance, text_cache_dir, perp_neg=config.guidance.sds.perp_neg
+        )
         self.step = 0
         self.skipped_steps = 0  # in this run, counted across resumes from metrics.jsonl
         self.skipped_in_a_row = 0

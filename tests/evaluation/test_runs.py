@@ -4,6 +4,7 @@ answers are known, ground-truth metrics of a tiny real run, and eval.json never 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,6 +118,28 @@ def test_a_run_gets_every_score_and_eval_json_is_never_overwritten(sphere_run: P
     assert (first.name, second.name) == ("eval.json", "eval-2.json")
     assert json.loads(first.read_text())["prompt"] == "a red sphere"
     assert summary_line(result).startswith("sphere: R-Prec Color 100%")
+    assert result["janus"] is None  # a sphere has no front
+
+
+def test_a_run_of_a_fronted_prompt_gets_the_janus_measure(sphere_run: Path, tmp_path: Path):
+    mug_run = tmp_path / "mug"
+    shutil.copytree(sphere_run, mug_run)
+    config = mug_run / "config.yaml"
+    config.write_text(config.read_text().replace("text: a red sphere", "text: a red mug"))
+    result = evaluate_run(mug_run, _oracle("a red mug", "a mug"), SMALL)
+    janus = result["janus"]
+    assert [v["camera"] for v in janus["views"]] == [
+        "front",
+        "side",
+        "side",
+        "back",
+        "back",
+        "side",
+        "side",
+        "front",
+    ]
+    assert 0.0 <= janus["janus_rate"] <= 1.0 and 0.0 <= janus["view_accuracy"] <= 1.0
+    assert "Janus" in summary_line(result)
 
 
 def test_eval_command_refuses_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from dreamfusion.commands.common import positive_int, seed
+from dreamfusion.errors import SettingsError
 
 
 def cmd_judge_train(args: argparse.Namespace) -> int:
@@ -42,6 +43,42 @@ def cmd_judge_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge_train_views(args: argparse.Namespace) -> int:
+    import time
+
+    from dreamfusion.evaluation.janus import (
+        ViewClassifierConfig,
+        janus_check,
+        save_view_classifier,
+        train_view_classifier,
+    )
+
+    torch.set_num_threads(args.threads)
+    defaults = ViewClassifierConfig()
+    config = ViewClassifierConfig(
+        steps=args.steps or defaults.steps,
+        seed=defaults.seed if args.seed is None else args.seed,
+        train_images=args.images or defaults.train_images,
+    )
+    if args.out.exists():
+        raise SettingsError(f"{args.out} exists: choose a new file, nothing is overwritten")
+    started = time.perf_counter()
+    model = train_view_classifier(config, progress=True)
+    seconds = time.perf_counter() - started
+    save_view_classifier(model, args.out)
+    print(f"wrote {args.out}: {config.steps} steps, seed {config.seed}, {seconds:.0f} s")
+    print(janus_check(model, progress=True).report())
+    return 0
+
+
+def cmd_judge_check_views(args: argparse.Namespace) -> int:
+    from dreamfusion.evaluation.janus import janus_check, load_view_classifier
+
+    torch.set_num_threads(args.threads)
+    print(janus_check(load_view_classifier(args.file), progress=True).report())
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     # No defaults here from the judge's modules: importing them (transformers) would slow every `--help`.
     judge = sub.add_parser(
@@ -70,7 +107,34 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     check.add_argument("folder", type=Path, nargs="?", help="a judge folder (default: the packaged judge)")
     check.set_defaults(func=cmd_judge_check)
-    for command in (train, check):
+    train_views = commands.add_parser(
+        "train-views",
+        help="train the view classifier of the Janus measure",
+        description="Train the view classifier that eval's Janus measure reads runs with (issue #20) on "
+        "exact renders of the world's fronted objects, then check it (as check-views does).",
+    )
+    train_views.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the .safetensors to write"
+    )
+    train_views.add_argument(
+        "--steps", type=positive_int, metavar="N", help="optimisation steps (default 3000)"
+    )
+    train_views.add_argument("--seed", type=seed, metavar="S", help="random seed (default 2020)")
+    train_views.add_argument(
+        "--images", type=positive_int, metavar="N", help="training renders (default 16000)"
+    )
+    train_views.set_defaults(func=cmd_judge_train_views)
+    check_views = commands.add_parser(
+        "check-views",
+        help="the Janus measure on exact and on two-faced renders",
+        description="Score the view classifier on exact renders of every fronted world object (it must be "
+        "near perfect) and on their two-faced versions (which must score as Janus).",
+    )
+    check_views.add_argument(
+        "file", type=Path, nargs="?", help="a view classifier (default: the packaged one)"
+    )
+    check_views.set_defaults(func=cmd_judge_check_views)
+    for command in (train, check, train_views, check_views):
         command.add_argument(
             "--threads", type=positive_int, default=1, metavar="N", help="torch CPU threads (default 1)"
         )

@@ -11,6 +11,9 @@ For every run:
   thresholded density (`geometry.py`) at two levels, a fixed one (`iou`: a cell alone half opaque) and the
   exported mesh's own (`iou_mesh_level`); the Chamfer distance from that mesh to the true surface and the
   mean CIEDE2000 between the field's albedo on that mesh and the true albedo (`surface.py`).
+- **Janus**, for a single world object whose kind has a front (mug, chair, house, car, arrow): the packaged
+  view classifier reads 8 shaded views and eval.json reports the share it reads as their camera's view
+  (front, side, back) and the Janus rate, the share of side and back views read as front (`janus.py`).
 - **Time**: the optimisation's own seconds, summed from metrics.jsonl.
 
 The image-text model is the project's world judge by default (`judge.py`), or any CLIP by Hugging Face id or
@@ -19,6 +22,7 @@ folder (`image_text.py`); eval.json names the one used.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -37,6 +41,13 @@ from dreamfusion.evaluation.geometry import (
     scene_occupancy_grid,
 )
 from dreamfusion.evaluation.image_text import ImageTextModel
+from dreamfusion.evaluation.janus import (
+    ViewClassifier,
+    has_front,
+    janus_scores,
+    load_view_classifier,
+    render_janus_views,
+)
 from dreamfusion.evaluation.rprecision import r_precision, view_ranks
 from dreamfusion.evaluation.suite import (
     ELEVATION_DEG,
@@ -83,6 +94,11 @@ def load_image_text_model(name: str = JUDGE, device: torch.device | None = None)
     from dreamfusion.evaluation.image_text import ClipImageText
 
     return ClipImageText(name, device=device or torch.device("cpu"))
+
+
+@functools.cache
+def packaged_view_classifier() -> ViewClassifier:
+    return load_view_classifier()
 
 
 def world_scene(prompt: str) -> Scene | None:
@@ -207,6 +223,9 @@ def evaluate_run(
         renders.shaded, renders.textureless, prompt, scene, model, suite or evaluation_suite()
     )
     truth = ground_truth_metrics(field, scene, config) if scene is not None else None
+    janus = None
+    if has_front(scene):
+        janus = janus_scores(packaged_view_classifier(), *render_janus_views(field))
     return {
         "run": run_dir.name,
         "prompt": prompt,
@@ -216,6 +235,7 @@ def evaluate_run(
         "config": asdict(config),
         "r_precision": scores,
         "ground_truth": truth,
+        "janus": janus,
         "optimisation_seconds": optimisation_seconds(run_dir),
     }
 
@@ -246,8 +266,12 @@ def summary_line(result: dict[str, object]) -> str:
     def num(x: object, digits: int = 3) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.{digits}f}"
 
+    janus = result.get("janus")
+    janus_part = (
+        f", views right {pct(janus['view_accuracy'])}, Janus {pct(janus['janus_rate'])}" if janus else ""
+    )
     return (
         f"{result['run']}: R-Prec Color {pct(scores['color'])}, Geo {pct(scores.get('geo'))}, "
         f"IoU {num(truth.get('iou'))}, Chamfer {num(truth.get('chamfer'))}, "
-        f"colour error {num(truth.get('delta_e'), 1)} dE"
+        f"colour error {num(truth.get('delta_e'), 1)} dE{janus_part}"
     )

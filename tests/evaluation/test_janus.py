@@ -60,3 +60,15 @@ def test_packaged_classifier_reads_exact_renders_and_catches_a_two_faced_mug():
     two_faced = janus_scores(model, *render_janus_views(TwoFacedField(Scene(WorldObject("mug", "red")))))
     assert two_faced["back_as_front"] == 1.0, two_faced  # its back is a front
     assert two_faced["janus_rate"] >= 0.3, two_faced
+
+
+def test_train_views_never_overwrites_and_check_views_refuses_other_files(tmp_path, capsys):
+    from dreamfusion.commands import EXIT_USER_ERROR, main
+
+    existing = tmp_path / "views.safetensors"
+    existing.write_bytes(b"keep me")
+    assert main(["judge", "train-views", "--out", str(existing)]) == EXIT_USER_ERROR
+    assert existing.read_bytes() == b"keep me"
+    assert main(["judge", "check-views", str(existing)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "exists" in err[0] and "view classifier" in err[1]

@@ -230,11 +230,14 @@ def load_view_classifier(path: Path | None = None) -> ViewClassifier:
         expected = dict(line.split()[::-1] for line in sums.read_text().splitlines() if line.strip())
         if expected.get(path.name) != file_sha256(path):
             raise UserError(f"{path} does not match its sha256 in {sums}: reinstall dreamfusion")
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata() or {}
-        if metadata.get("format") != FORMAT_MARKER:
-            raise UserError(f"{path} is not a view classifier (its header has no {FORMAT_MARKER!r} marker)")
-        state = {k: file.get_tensor(k) for k in file.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+            state = {k: file.get_tensor(k) for k in file.keys()}
+    except Exception as exc:  # not a safetensors file at all
+        raise UserError(f"{path} is not a view classifier: {exc}") from None
+    if metadata.get("format") != FORMAT_MARKER:
+        raise UserError(f"{path} is not a view classifier (its header has no {FORMAT_MARKER!r} marker)")
     model = ViewClassifier(from_dict(ViewClassifierConfig, json.loads(metadata["config"])))
     model.load_state_dict(state)
     return model.eval()

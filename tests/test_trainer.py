@@ -6,21 +6,7 @@ import torch
 
 from dreamfusion.fields.analytic import AnalyticField
 from dreamfusion.run.config import load_latest
-from helpers import make_trainer, silhouette_iou, silhouettes, target_config
-
-
-def _stop_at(trainer, step):
-    """Wrap the guidance so that the trainer is asked to stop during step `step` (as Ctrl-C would)."""
-    guidance = trainer.guidance
-
-    def guided(images, text, current, views):
-        if current == step:
-            trainer.request_stop()
-        return guidance(images, text, current, views)
-
-    trainer.guidance = guided
-    trainer.guidance.rng_state = guidance.rng_state  # type: ignore[attr-defined]
-    trainer.guidance.set_rng_state = guidance.set_rng_state  # type: ignore[attr-defined]
+from helpers import make_trainer, silhouette_iou, silhouettes, stop_at, target_config
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -29,7 +15,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert straight.train(progress=False, handle_sigint=False)
 
     first = make_trainer(config, tmp_path / "split")
-    _stop_at(first, 6)  # stops after completing step index 6, i.e. 7 steps done: not a checkpoint multiple
+    stop_at(first, 6)  # stops after completing step index 6, i.e. 7 steps done: not a checkpoint multiple
     assert not first.train(progress=False, handle_sigint=False)
     assert first.step == 7
 

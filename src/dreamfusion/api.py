@@ -129,7 +129,7 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        return self.step >= self.config.train.steps
+        return self.step >= self.config.total_steps
 
     @property
     def grids(self) -> list[Path]:
@@ -311,15 +311,15 @@ def resume(
         # A run stopped before its first checkpoint starts again from step 0 (the same seeded run).
         checkpoint = load_latest(run_dir) if latest_checkpoint(run_dir / "checkpoints") else None
         run = Run(run_dir)
-        finished = checkpoint is not None and checkpoint.step >= config.train.steps
+        finished = checkpoint is not None and checkpoint.step >= config.total_steps
         if shard is not None:
             shard.broadcast((None, None) if finished else (config, checkpoint))
         if finished:
-            _notify(on_progress, Progress("finished", run_dir, checkpoint.step, config.train.steps))
+            _notify(on_progress, Progress("finished", run_dir, checkpoint.step, config.total_steps))
             if latest_export(run_dir) is None:
-                _notify(on_progress, Progress("export", run_dir, checkpoint.step, config.train.steps))
+                _notify(on_progress, Progress("export", run_dir, checkpoint.step, config.total_steps))
                 export_finished_run(run_dir, config, progress)
-            _notify(on_progress, Progress("done", run_dir, checkpoint.step, config.train.steps))
+            _notify(on_progress, Progress("done", run_dir, checkpoint.step, config.total_steps))
             return run
         from dreamfusion.guidance.embeddings import default_cache_dir
 
@@ -358,7 +358,7 @@ class _Reporter:
 
     def __init__(self, trainer: Trainer, on_progress: ProgressCallback | None, stop: StopFlag | None):
         self.trainer, self.on_progress, self.stop = trainer, on_progress, stop
-        self.total = trainer.config.train.steps
+        self.total = trainer.config.total_steps
         self.times: deque[float] = deque(maxlen=21)
         self.times.append(time.perf_counter())
 
@@ -393,7 +393,7 @@ def _notify(on_progress: ProgressCallback | None, event: Progress) -> None:
 def _train_and_export(
     trainer: Trainer, on_progress: ProgressCallback | None, stop: StopFlag | None, progress: bool
 ) -> Run:
-    run_dir, total = trainer.run_dir, trainer.config.train.steps
+    run_dir, total = trainer.run_dir, trainer.config.total_steps
     _notify(on_progress, Progress("start", run_dir, trainer.step, total))
     # Ctrl-C asks for a checkpoint only where Python delivers signals: the main thread (not a web worker).
     in_main_thread = threading.current_thread() is threading.main_thread()

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
-from torch import Tensor
 
 from dreamfusion.config import dump_yaml
 from dreamfusion.evaluation.runs import (
@@ -21,50 +19,17 @@ from dreamfusion.evaluation.runs import (
     world_scene,
     write_eval,
 )
-from dreamfusion.evaluation.suite import evaluation_suite, shape_caption
-from helpers import make_trainer, target_config
+from dreamfusion.evaluation.suite import evaluation_suite
+from helpers import caption_oracle, make_trainer, target_config
 
 SMALL = EvalConfig(views=2, resolution=16, iou_resolution=32, surface_samples=500)
-
-
-class CaptionOracle:
-    """Embeds texts one-hot by their position in `vocabulary`; every image as the caption it is told to
-    show. A model that is always right (or, told the wrong caption, always wrong)."""
-
-    name = "oracle"
-
-    def __init__(self, vocabulary: Sequence[str], shows: str, shows_shape: str):
-        self.vocabulary = list(dict.fromkeys(vocabulary))
-        self.shows, self.shows_shape = shows, shows_shape
-        self.calls = 0
-
-    def embed_texts(self, texts: Sequence[str]) -> Tensor:
-        return torch.stack([self._one_hot(t) for t in texts])
-
-    def embed_images(self, images: Tensor) -> Tensor:
-        # The first call embeds the lambertian renders, the second the textureless ones.
-        self.calls += 1
-        caption = self.shows if self.calls == 1 else self.shows_shape
-        return self._one_hot(caption).expand(images.shape[0], -1)
-
-    def _one_hot(self, text: str) -> Tensor:
-        if text not in self.vocabulary:
-            self.vocabulary.append(text)
-        return torch.nn.functional.one_hot(torch.tensor(self.vocabulary.index(text)), 256).float()
-
-
-def _oracle(shows: str, shows_shape: str) -> CaptionOracle:
-    suite = evaluation_suite()
-    return CaptionOracle(
-        [p.caption for p in suite] + [shape_caption(p.scene) for p in suite], shows, shows_shape
-    )
 
 
 def test_a_model_that_sees_the_prompt_ranks_it_first_in_every_view():
     prompt = "a red cube"
     images = torch.rand(3, 8, 8, 3)
     scores = rprecision_scores(
-        images, images, prompt, world_scene(prompt), _oracle(prompt, "a cube"), evaluation_suite()
+        images, images, prompt, world_scene(prompt), caption_oracle(prompt, "a cube"), evaluation_suite()
     )
     assert scores["color"] == 1.0 and scores["color_ranks"] == [0, 0, 0]
     assert scores["geo"] == 1.0 and scores["geo_caption"] == "a cube"
@@ -74,7 +39,7 @@ def test_a_model_that_sees_the_prompt_ranks_it_first_in_every_view():
 def test_a_model_that_sees_another_caption_never_scores():
     prompt = "a red cube"
     images = torch.rand(2, 8, 8, 3)
-    oracle = _oracle("a blue sphere", "a sphere")
+    oracle = caption_oracle("a blue sphere", "a sphere")
     scores = rprecision_scores(images, images, prompt, world_scene(prompt), oracle, evaluation_suite())
     assert scores["color"] == 0.0 and scores["geo"] == 0.0
     assert all(r >= 1 for r in scores["color_ranks"])
@@ -84,11 +49,16 @@ def test_prompts_outside_the_suite_join_the_candidates_and_outside_the_world_los
     images = torch.rand(2, 8, 8, 3)
     suite = evaluation_suite()
     inside = rprecision_scores(
-        images, images, "a gray torus", world_scene("a gray torus"), _oracle("a gray torus", "a torus"), suite
+        images,
+        images,
+        "a gray torus",
+        world_scene("a gray torus"),
+        caption_oracle("a gray torus", "a torus"),
+        suite,
     )
     assert inside["color_candidates"] == len(suite) + 1 and inside["color"] == 1.0
     outside = rprecision_scores(
-        images, images, "a photo of a dog", None, _oracle("a photo of a dog", ""), suite
+        images, images, "a photo of a dog", None, caption_oracle("a photo of a dog", ""), suite
     )
     assert outside["color"] == 1.0 and outside["geo"] is None and "cannot read" in outside["geo_note"]
 
@@ -105,7 +75,7 @@ def sphere_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_run_gets_every_score_and_eval_json_is_never_overwritten(sphere_run: Path):
-    result = evaluate_run(sphere_run, _oracle("a red sphere", "a sphere"), SMALL)
+    result = evaluate_run(sphere_run, caption_oracle("a red sphere", "a sphere"), SMALL)
     assert result["prompt"] == "a red sphere" and result["world_caption"] and not result["held_out"]
     assert result["r_precision"]["color"] == 1.0 and len(result["r_precision"]["geo_ranks"]) == 2
     truth = result["ground_truth"]
@@ -126,7 +96,7 @@ def test_a_run_of_a_fronted_prompt_gets_the_janus_measure(sphere_run: Path, tmp_
     shutil.copytree(sphere_run, mug_run)
     config = mug_run / "config.yaml"
     config.write_text(config.read_text().replace("text: a red sphere", "text: a red mug"))
-    result = evaluate_run(mug_run, _oracle("a red mug", "a mug"), SMALL)
+    result = evaluate_run(mug_run, caption_oracle("a red mug", "a mug"), SMALL)
     janus = result["janus"]
     assert [v["camera"] for v in janus["views"]] == [
         "front",

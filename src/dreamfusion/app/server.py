@@ -54,7 +54,7 @@ def gallery_items(runs: list[api.Run]) -> list[tuple[str, str]]:
     items = []
     for run in runs:
         try:
-            state = "done" if run.finished else f"step {run.step} of {run.config.train.steps}"
+            state = "done" if run.finished else f"step {run.step} of {run.config.total_steps}"
         except UserError:  # a folder whose config.yaml cannot be read: not listed
             continue
         picture = run.contact_sheet or (run.grids[-1] if run.grids else None) or blank_tile()
@@ -245,7 +245,7 @@ def build_app(runs_root: Path | str = "runs", threads: int | None = None) -> Any
             run = run_of_caption(root, value.get("caption"))
             if run is None:
                 return None, "that run is gone; press Refresh"
-            message = f"**{run.folder.name}**: {run.prompt} (step {run.step} of {run.config.train.steps})"
+            message = f"**{run.folder.name}**: {run.prompt} (step {run.step} of {run.config.total_steps})"
             return str(run.folder), message
 
         def needs_run(folder: str | None) -> api.Run:

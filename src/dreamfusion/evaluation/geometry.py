@@ -162,3 +162,56 @@ def textureless_turntable(
     if upscale > 1:
         image = image.resize((image.width * upscale, image.height * upscale), Image.NEAREST)
     return image
+
+
+@torch.no_grad()
+def mesh_occupancy_grid(vertices: Tensor, faces: Tensor, resolution: int, bound: float) -> Tensor:
+    """(R, R, R) bool: the cell centres of `grid_points(resolution, bound)` inside a closed mesh.
+
+    By parity along +Z: a centre is inside when the vertical line through it crosses the surface an odd
+    number of times above it. Every face adds a crossing to each column whose (x, y) centre its projection
+    covers (half-open edge tests, so a column through a shared edge counts it once), at the height of the
+    face there; a crossing counts for every centre below it, which a cumulative sum along Z gives.
+    """
+    cell = 2.0 * bound / resolution
+    # Vertices in cell units, so column (i, j) has its centre at (i + 0.5, j + 0.5).
+    v = (vertices.double() + bound) / cell
+    tri = v[faces.long()]  # (F, 3, 3)
+    lo = torch.ceil(tri[..., :2].amin(1) - 0.5).clamp(0, resolution - 1).long()
+    hi = torch.floor(tri[..., :2].amax(1) - 0.5).clamp(-1, resolution - 1).long()
+    span = (hi - lo + 1).clamp_min(0)
+    counts = span[:, 0] * span[:, 1]
+    face = torch.repeat_interleave(torch.arange(len(faces)), counts)
+    offset = torch.arange(face.numel()) - (counts.cumsum(0) - counts)[face]
+    i = lo[face, 0] + offset % span[face, 0].clamp_min(1)
+    j = lo[face, 1] + offset // span[face, 0].clamp_min(1)
+    p = torch.stack([i + 0.5, j + 0.5], -1).double()
+    a, b, c = tri[face, 0], tri[face, 1], tri[face, 2]
+
+    def edge(u: Tensor, w: Tensor) -> Tensor:  # > 0 with p left of u -> w
+        return (w[:, 0] - u[:, 0]) * (p[:, 1] - u[:, 1]) - (w[:, 1] - u[:, 1]) * (p[:, 0] - u[:, 0])
+
+    def owns(u: Tensor, w: Tensor, e: Tensor) -> Tensor:  # the top-left rule, for either winding
+        dx, dy = w[:, 0] - u[:, 0], w[:, 1] - u[:, 1]
+        return (e > 0) | ((e == 0) & ((dy > 0) | ((dy == 0) & (dx < 0))))
+
+    e0, e1, e2 = edge(b, c), edge(c, a), edge(a, b)
+    area = e0 + e1 + e2  # twice the signed projected area
+    sign = torch.sign(area)
+    e0, e1, e2 = e0 * sign, e1 * sign, e2 * sign
+    flip = sign < 0  # orient every triangle counter-clockwise so the rule picks one owner per edge
+    ab, bc, ca = (a, b), (b, c), (c, a)
+    bc = (torch.where(flip[:, None], c, b), torch.where(flip[:, None], b, c))
+    ca = (torch.where(flip[:, None], a, c), torch.where(flip[:, None], c, a))
+    ab = (torch.where(flip[:, None], b, a), torch.where(flip[:, None], a, b))
+    inside = (area != 0) & owns(*bc, e0) & owns(*ca, e1) & owns(*ab, e2)
+    z = (e0 * a[:, 2] + e1 * b[:, 2] + e2 * c[:, 2]) / (area * sign)  # the face's height in the column
+    i, j, z = i[inside], j[inside], z[inside]
+    # Centres k with k + 0.5 < z are below the crossing: k = 0 .. ceil(z - 0.5) - 1.
+    top = torch.ceil(z - 0.5).clamp(0, resolution).long()
+    marks = torch.zeros(resolution, resolution, resolution + 1, dtype=torch.int64)
+    flat = marks.view(-1)
+    base = (i * resolution + j) * (resolution + 1)
+    flat.index_add_(0, base, torch.ones_like(base))
+    flat.index_add_(0, base + top, -torch.ones_like(base))
+    return (marks.cumsum(-1)[..., :resolution] % 2).bool()

@@ -16,6 +16,11 @@ For every run:
   (front, side, back) and the Janus rate, the share of side and back views read as front (`janus.py`).
 - **Time**: the optimisation's own seconds, summed from metrics.jsonl.
 
+A run with a mesh stage (`refine.steps`) has that mesh as its asset: every score above is then of the mesh
+(renders by `refine.render.mesh_views`, the same cameras and shading; IoU of the cell centres inside it, at
+both keys, `geometry.mesh_occupancy_grid`; Chamfer and colour error on it), and eval.json says so
+(`surface`).
+
 The image-text model is the project's world judge by default (`judge.py`), or any CLIP by Hugging Face id or
 folder (`image_text.py`); eval.json names the one used.
 """
@@ -36,7 +41,7 @@ from dreamfusion.errors import UserError
 from dreamfusion.evaluation.geometry import (
     default_bound,
     grid_iou,
-    load_run_field,
+    mesh_occupancy_grid,
     occupancy_threshold,
     scene_occupancy_grid,
 )
@@ -44,6 +49,7 @@ from dreamfusion.evaluation.image_text import ImageTextModel
 from dreamfusion.evaluation.janus import (
     ViewClassifier,
     has_front,
+    janus_cameras,
     janus_scores,
     load_view_classifier,
     render_janus_views,
@@ -61,11 +67,14 @@ from dreamfusion.fields.base import Field
 from dreamfusion.fields.grid import density_grid
 from dreamfusion.fields.mesh import MeshConfig, extract_mesh
 from dreamfusion.files import write_text_atomic
+from dreamfusion.refine.render import mesh_views
+from dreamfusion.refine.stage import RefinedMesh
 from dreamfusion.render.background import SolidBackground
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.lights import LightConfig
 from dreamfusion.render.sampling import SamplingConfig
-from dreamfusion.render.views import render_views
+from dreamfusion.render.views import ViewRenders, render_views
+from dreamfusion.run.config import load_field, load_latest, load_refined_mesh, read_run_config
 from dreamfusion.world import CaptionError, Scene, is_held_out, scene_from_caption
 
 JUDGE = "judge"  # the model name that means the project's own world judge
@@ -152,17 +161,29 @@ def rprecision_scores(
     }
 
 
-def ground_truth_metrics(field: Field, scene: Scene, config: EvalConfig) -> dict[str, object]:
+def ground_truth_metrics(
+    field: Field, scene: Scene, config: EvalConfig, refined: RefinedMesh | None = None
+) -> dict[str, object]:
     """IoU, Chamfer and colour error against the scene's exact geometry and albedo.
 
     Two iso levels of one density grid: `iou` counts a cell occupied where it alone is half opaque
     (`occupancy_threshold`, the same for every field); `iou_mesh_level` uses the exported mesh's own level
-    (`half_opacity_threshold`), the surface that Chamfer and the colour error are measured on.
+    (`half_opacity_threshold`), the surface that Chamfer and the colour error are measured on. With the
+    mesh stage's mesh (`refined`) there is one surface: both IoUs are of the cells inside it.
     """
     bound = default_bound(field)
+    truth = scene_occupancy_grid(scene, config.iou_resolution, bound)
+    if refined is not None:
+        vertices, faces = refined.vertices.detach().cpu(), refined.faces.cpu()
+        iou = grid_iou(mesh_occupancy_grid(vertices, faces, config.iou_resolution, bound), truth)
+        surface = _surface_metrics(field, refined.to_trimesh(), scene, config)
+        return (
+            {"iou": iou, "iou_level": None, "iou_mesh_level": iou, "mesh_level": None}
+            | surface
+            | {"surface_note": "the mesh stage's mesh: IoU of the cells inside it, chamfer and delta_e on it"}
+        )
     cell = 2.0 * bound / config.iou_resolution
     grid = density_grid(field, config.iou_resolution, bound)
-    truth = scene_occupancy_grid(scene, config.iou_resolution, bound)
     cell_level = occupancy_threshold(cell)
     result: dict[str, object] = {
         "iou": grid_iou(grid >= cell_level, truth),
@@ -178,7 +199,16 @@ def ground_truth_metrics(field: Field, scene: Scene, config: EvalConfig) -> dict
             "delta_e": None,
             "mesh_note": str(exc),
         }
-    mesh = extracted.mesh
+    return result | {
+        "iou_mesh_level": grid_iou(grid >= extracted.threshold, truth),
+        "mesh_level": extracted.threshold,
+        **_surface_metrics(field, extracted.mesh, scene, config),
+        "surface_note": "chamfer and delta_e use the exported mesh, the iso surface at mesh_level",
+    }
+
+
+def _surface_metrics(field: Field, mesh: trimesh.Trimesh, scene: Scene, config: EvalConfig) -> dict:
+    """Chamfer to the true surface and the colour error of the field's albedo on `mesh`."""
     generator = torch.Generator().manual_seed(config.seed)
     chamfer = chamfer_to_scene(mesh, scene, config.surface_samples, generator)
     points = torch.from_numpy(
@@ -186,15 +216,21 @@ def ground_truth_metrics(field: Field, scene: Scene, config: EvalConfig) -> dict
     ).float()
     with torch.no_grad():
         albedo = field(points).albedo
-    return result | {
-        "iou_mesh_level": grid_iou(grid >= extracted.threshold, truth),
-        "mesh_level": extracted.threshold,
+    return {
         "chamfer": chamfer.chamfer,
         "chamfer_mesh_to_scene": chamfer.mesh_to_scene,
         "chamfer_scene_to_mesh": chamfer.scene_to_mesh,
         "delta_e": albedo_delta_e(points, albedo, scene),
-        "surface_note": "chamfer and delta_e use the exported mesh, the iso surface at mesh_level",
     }
+
+
+def _views(field: Field, refined: RefinedMesh | None, cameras) -> ViewRenders:
+    """The run's asset from `cameras`: the field by volume rendering, or the mesh stage's mesh."""
+    if refined is None:
+        return render_views(field, SolidBackground(), cameras, SamplingConfig(), LightConfig())
+    return mesh_views(
+        refined.vertices, refined.faces, lambda points: field(points).albedo, cameras, LightConfig()
+    )
 
 
 def optimisation_seconds(run_dir: Path) -> float | None:
@@ -214,23 +250,32 @@ def evaluate_run(
 ) -> dict[str, object]:
     """Every score of one run folder, as eval.json holds them."""
     run_dir = Path(run_dir)
-    field, run_config = load_run_field(run_dir)
+    run_config = read_run_config(run_dir)
+    checkpoint = load_latest(run_dir)
+    field = load_field(run_config, checkpoint, str(run_dir))
+    refined = load_refined_mesh(checkpoint)
     prompt = run_config.prompt.text
     scene = world_scene(prompt)
     cameras = orbit_cameras(config.views, config.resolution, config.elevation_deg)
-    renders = render_views(field, SolidBackground(), cameras, SamplingConfig(), LightConfig())
+    renders = _views(field, refined, cameras)
     scores = rprecision_scores(
         renders.shaded, renders.textureless, prompt, scene, model, suite or evaluation_suite()
     )
-    truth = ground_truth_metrics(field, scene, config) if scene is not None else None
+    truth = ground_truth_metrics(field, scene, config, refined) if scene is not None else None
     janus = None
     if has_front(scene):
-        janus = janus_scores(packaged_view_classifier(), *render_janus_views(field))
+        if refined is None:
+            shaded, azimuths = render_janus_views(field)
+        else:
+            views = janus_cameras()
+            shaded, azimuths = _views(field, refined, views).shaded, views.azimuth_deg
+        janus = janus_scores(packaged_view_classifier(), shaded, azimuths)
     return {
         "run": run_dir.name,
         "prompt": prompt,
         "world_caption": scene is not None,
         "held_out": None if scene is None else is_held_out(scene),
+        "surface": "field (volume renders)" if refined is None else "mesh (the mesh stage's, rasterised)",
         "image_text_model": model.name,
         "config": asdict(config),
         "r_precision": scores,

@@ -38,7 +38,8 @@ from dreamfusion.fields.mesh import (
     surface_threshold,
 )
 from dreamfusion.files import free_dir
-from dreamfusion.run.config import RunExportConfig, load_field, read_run_config
+from dreamfusion.refine.stage import RefinedMesh
+from dreamfusion.run.config import RunExportConfig, load_field, load_refined_mesh, read_run_config
 
 AXES = "+Y up, front faces +Z (glTF); (x, y, z)_file = (y, z, x)_world, world = +Z up, front +X"
 UNITS = "1 unit = 1 metre = 1 world unit of the scene (its bounding sphere has radius 1.4)"
@@ -88,9 +89,19 @@ class _Stages:
 
 
 def _mesh_and_texture(
-    field: Field, config: ExportConfig, stage: _Stages
+    field: Field, config: ExportConfig, stage: _Stages, refined: RefinedMesh | None = None
 ) -> tuple[ExtractedMesh, TexturedMesh]:
-    """The stages that can fail because of the scene; nothing is written yet."""
+    """The stages that can fail because of the scene; nothing is written yet. With the mesh stage's mesh
+    (`refined`) that mesh is the surface: it is unwrapped and textured, not extracted again."""
+    if refined is not None:
+        mesh = refined.to_trimesh()
+        resolution = round(2.0 * float(field.bound) / float(refined.cell))
+        extracted = ExtractedMesh(mesh, float(refined.level), True, resolution, 0, len(mesh.faces))
+        with stage("unwrap"):
+            atlas = unwrap(mesh, config.texture)
+        with stage("bake"):
+            textured = bake(field, mesh, atlas, config.texture.size)
+        return extracted, textured
     bound = float(field.bound)
     resolution = grid_resolution(field, config.mesh)
     cell = 2.0 * bound / resolution
@@ -165,17 +176,19 @@ def export_field(
     config: ExportConfig = ExportConfig(),
     progress: bool = False,
     source: dict[str, str | int] | None = None,
+    refined: RefinedMesh | None = None,
 ) -> ExportResult:
     """Extract, texture and write `field` into `folder`, which must not exist or be empty.
 
-    `source` (e.g. the run folder and checkpoint) is recorded in export.json beside the files.
+    `source` (e.g. the run folder and checkpoint) is recorded in export.json beside the files. `refined`:
+    the mesh stage's mesh, written instead of a surface extracted from the field.
     """
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ExportError(f"{folder} already exists and is not empty; an export never overwrites files")
-    stage = _Stages(6 + bool(config.formats) + config.video, progress)
+    stage = _Stages((2 if refined is not None else 6) + bool(config.formats) + config.video, progress)
     try:
-        extracted, textured = _mesh_and_texture(field, config, stage)
+        extracted, textured = _mesh_and_texture(field, config, stage, refined)
         manifest: dict[str, object] = {
             "dreamfusion": __version__,
             "source": source or {},
@@ -183,7 +196,13 @@ def export_field(
                 "resolution": extracted.resolution,
                 "bound": float(field.bound),
                 "threshold": extracted.threshold,
-                "threshold_method": "half opacity (automatic)" if extracted.auto_threshold else "given",
+                "threshold_method": (
+                    "half opacity (automatic), then refined by the mesh stage"
+                    if refined is not None
+                    else "half opacity (automatic)"
+                    if extracted.auto_threshold
+                    else "given"
+                ),
                 "faces": len(textured.faces),
                 "vertices": len(extracted.mesh.vertices),
                 "watertight": bool(extracted.mesh.is_watertight),
@@ -241,5 +260,6 @@ def export_run(
     """Export a run folder's field (latest checkpoint, or `checkpoint`) into RUN_DIR/export (or export-N)."""
     run_dir = Path(run_dir)
     field, path, step = load_run_checkpoint(run_dir, checkpoint)
+    refined = load_refined_mesh(load_checkpoint(path))
     source: dict[str, str | int] = {"run_dir": str(run_dir), "checkpoint": str(path), "step": step}
-    return export_field(field, free_dir(run_dir / "export"), config, progress, source)
+    return export_field(field, free_dir(run_dir / "export"), config, progress, source, refined)

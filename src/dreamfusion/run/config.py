@@ -21,6 +21,7 @@ from dreamfusion.fields.base import Field
 from dreamfusion.guidance import BACKENDS, GuidanceConfig
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.prompts import PromptConfig, validate_prompt
+from dreamfusion.refine.stage import RefineConfig, RefinedMesh
 from dreamfusion.render.background import BackgroundConfig
 from dreamfusion.render.cameras import CameraConfig
 from dreamfusion.render.lights import LightConfig
@@ -120,6 +121,12 @@ class Config:
     background: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     export: RunExportConfig = dataclasses.field(default_factory=RunExportConfig)
+    refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
+
+    @property
+    def total_steps(self) -> int:
+        """The NeRF steps and then the mesh stage's (refine.steps, 0 without one)."""
+        return self.train.steps + self.refine.steps
 
 
 CHECKPOINT_FORMAT = "step_{:07d}.safetensors"
@@ -247,6 +254,12 @@ def load_field(config: Config, checkpoint: Checkpoint, where: str) -> Field:
             f"the checkpoint in {where} does not match its config.yaml: {first_line}"
         ) from exc
     return field.eval()
+
+
+def load_refined_mesh(checkpoint: Checkpoint) -> RefinedMesh | None:
+    """The mesh of the mesh stage (`refine`), once a run has reached it; None before and without one."""
+    state = checkpoint.modules.get("mesh")
+    return RefinedMesh.from_state(state).eval() if state is not None else None
 
 
 def load_latest(run_dir: Path) -> Checkpoint:

@@ -32,8 +32,11 @@ from dreamfusion.config import dump_yaml
 from dreamfusion.distributed import Shard
 from dreamfusion.errors import UserError
 from dreamfusion.fields import build_field
+from dreamfusion.fields.mesh import extract_mesh
 from dreamfusion.guidance.base import Guidance, ViewBatch
 from dreamfusion.guidance.embeddings import PromptEmbeddings
+from dreamfusion.refine.render import mesh_views, render_mesh
+from dreamfusion.refine.stage import RefinedMesh
 from dreamfusion.render.background import build_background
 from dreamfusion.render.cameras import orbit_cameras, sample_cameras
 from dreamfusion.render.lights import sample_point_lights
@@ -41,7 +44,7 @@ from dreamfusion.render.renderer import RenderSettings, render
 from dreamfusion.render.sampling import OccupancyGrid
 from dreamfusion.render.shading import ShadingMode, choose_shading
 from dreamfusion.render.views import grid_image, render_views, save_png_atomic
-from dreamfusion.run.config import CHECKPOINT_FORMAT, Config, render_resolution
+from dreamfusion.run.config import CHECKPOINT_FORMAT, Config, load_refined_mesh, render_resolution
 from dreamfusion.run.log import append_record, last_record, prune_checkpoints, truncate_records
 from dreamfusion.training.losses import distortion_loss, opacity_loss, orientation_loss
 from dreamfusion.training.schedules import LinearRamp, WarmupCosine
@@ -63,6 +66,7 @@ class StepMetrics:
     occupied: float  # fraction of occupancy cells evaluated
     seconds: float
     skipped: int = 0  # steps of this run so far whose loss or gradient was not finite (this one included)
+    mesh_smoothness: float | None = None  # the mesh stage's Laplacian term (refine), None in the NeRF stage
 
 
 class Trainer:
@@ -115,6 +119,8 @@ class Trainer:
         self.prompts = PromptEmbeddings(
             config.prompt, guidance, text_cache_dir, perp_neg=config.guidance.sds.perp_neg
         )
+        self.mesh: RefinedMesh | None = None  # the mesh stage's, from its first step on (refine.steps)
+        self.mesh_optimizer: torch.optim.Optimizer | None = None
         self.step = 0
         self.skipped_steps = 0  # in this run, counted across resumes from metrics.jsonl
         self.skipped_in_a_row = 0
@@ -199,14 +205,7 @@ class Trainer:
             sds_square, grad_norm = summed[1] / shard.world, math.sqrt(summed[2])
             timestep, orient, opacity = (v / shard.world for v in summed[3:6])
             extra_terms = [v / shard.world for v in summed[6:]]
-        finite = self._finite(loss_value)
-        if finite:
-            self.optimizer.step()
-            self.skipped_in_a_row = 0
-        else:  # the parameters and Adam's moments stay as the last good step left them
-            self.optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
-            self.skipped_in_a_row += 1
+        self._apply_if_finite(self.optimizer, loss_value)
         self.step += 1
 
         regularisers = orientation_weight * orient + cfg.loss.opacity_weight * opacity
@@ -224,13 +223,111 @@ class Trainer:
             skipped=self.skipped_steps,
         )
 
+    # -- the mesh stage ---------------------------------------------------------------------------------
+    def start_mesh_stage(self) -> None:
+        """The field's surface as the mesh export would write it, with an offset per vertex to optimise."""
+        with torch.no_grad():
+            extracted = extract_mesh(self.field.eval())
+        cell = 2.0 * float(self.field.bound) / extracted.resolution
+        mesh = RefinedMesh.from_trimesh(extracted.mesh, cell, extracted.threshold)
+        self.start_mesh_optimizer(mesh.to(self.device))
+
+    def start_mesh_optimizer(self, mesh: RefinedMesh) -> None:
+        self.mesh = mesh
+        self.mesh_optimizer = torch.optim.Adam(
+            [mesh.offsets], lr=self.config.refine.lr, betas=self.config.optim.betas
+        )
+        self.field.requires_grad_(False)
+
+    def refine_step(self) -> StepMetrics:
+        """One step of the mesh stage: the same cameras, lights, shading and guidance as `train_step`, the
+        mesh rendered by the rasteriser instead of the field by volume rendering."""
+        cfg, step, rng, refine = self.config, self.step, self.scene_rng, self.config.refine
+        started = time.perf_counter()
+        if self.mesh is None:
+            self.start_mesh_stage()
+        cameras = sample_cameras(cfg.camera, cfg.train.batch_size, cfg.train.resolution, rng)
+        lights = sample_point_lights(cameras.position, cfg.light, rng)
+        modes = choose_shading(cfg.shading, step, cfg.train.steps, cfg.train.batch_size, rng)
+        shard = self.shard
+        if shard is not None:
+            n = cfg.train.batch_size // shard.world
+            cameras = cameras.rows(shard.rank * n, (shard.rank + 1) * n)
+            lights, modes = shard.take(lights), shard.take(modes)
+        cameras = cameras.to(self.device)
+        out = render_mesh(
+            self.mesh.vertices,
+            self.mesh.faces,
+            cameras,
+            albedo=lambda points: self.field(points).albedo,
+            background=lambda d: self.background(d, rng, shard),
+            lights=lights.to(self.device),
+            modes=modes.to(self.device),
+            ambient=cfg.light.ambient,
+            diffuse=cfg.light.diffuse,
+            supersample=refine.supersample,
+        )
+        images = out.image.permute(0, 3, 1, 2)
+        text = self.prompts.for_cameras(cameras, self.device, torch.float32)
+        guided = self.guidance(images, text, step, ViewBatch(cameras, lights, modes, out.background.detach()))
+        grad = guided.image_grad.to(images.dtype)
+        sds_surrogate = (grad * images).sum() * (shard.world if shard is not None else 1)
+        smoothness = self.mesh.smoothness()
+        total = sds_surrogate + refine.laplacian_weight * smoothness
+
+        progress = (step - cfg.train.steps) / max(refine.steps, 1)
+        lr_scale = refine.lr_end_ratio + (1 - refine.lr_end_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in self.mesh_optimizer.param_groups:
+            group["lr"] = refine.lr * lr_scale
+        self.mesh_optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        sds_square, grad_norm = float(grad.square().mean()), guided.grad_norm
+        timestep, smooth, loss_value = (
+            float(guided.timesteps.float().mean()),
+            float(smoothness.detach()),
+            total.detach(),
+        )
+        opacity = float(out.opacity.mean())
+        if shard is not None:
+            shard.average_gradients([self.mesh.offsets])
+            local = [float(loss_value), sds_square, grad_norm**2, timestep, opacity]
+            summed = shard.sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
+            loss_value = torch.tensor(summed[0])
+            sds_square, grad_norm = summed[1] / shard.world, math.sqrt(summed[2])
+            timestep, opacity = summed[3] / shard.world, summed[4] / shard.world
+        self._apply_if_finite(self.mesh_optimizer, loss_value)
+        self.step += 1
+        return StepMetrics(
+            step=self.step,
+            loss=0.5 * sds_square + refine.laplacian_weight * smooth,
+            sds_grad_norm=grad_norm,
+            timestep=timestep,
+            orientation=0.0,
+            opacity=opacity,
+            lr_scale=lr_scale,
+            occupied=1.0,
+            seconds=time.perf_counter() - started,
+            skipped=self.skipped_steps,
+            mesh_smoothness=smooth,
+        )
+
+    def _apply_if_finite(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """Step `optimizer` if the loss and its gradients are finite; else skip and count the step."""
+        if self._finite(loss, optimizer):
+            optimizer.step()
+            self.skipped_in_a_row = 0
+        else:  # the parameters and Adam's moments stay as the last good step left them
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.skipped_in_a_row += 1
+
     def _parameters(self) -> list[torch.nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def _finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss and every gradient are finite (one norm over all gradients: inf or NaN anywhere
-        makes it non-finite)."""
-        grads = [p.grad for p in self._parameters() if p.grad is not None]
+    def _finite(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether the loss and every gradient of `optimizer`'s parameters are finite (one norm over all
+        gradients: inf or NaN anywhere makes it non-finite)."""
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
         return bool(torch.isfinite(loss) & torch.isfinite(norm))
 
@@ -250,7 +347,8 @@ class Trainer:
         handle_sigint: bool = True,
         on_step: Callable[[StepMetrics, Path | None], None] | None = None,
     ) -> bool:
-        """Run until config.train.steps. Returns True when finished, False when stopped early by request.
+        """Run until config.total_steps (the NeRF steps, then the mesh stage's). Returns True when finished,
+        False when stopped early by request.
         `on_step(metrics, grid)` is called after every step, with the validation grid's path when that step
         wrote one; it may call `request_stop()`. Of several processes only rank 0 logs, saves, validates
         and calls `on_step`; a stop asked for on any of them stops all after the same step."""
@@ -259,28 +357,30 @@ class Trainer:
         if handle_sigint:
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         main = self.is_main
+        total = self.config.total_steps
         bar = tqdm(
-            total=cfg.steps,
+            total=total,
             initial=self.step,
             disable=not (progress and main),
             unit="step",
             dynamic_ncols=True,
         )
         try:
-            while self.step < cfg.steps:
-                metrics = self.train_step()
+            while self.step < total:
+                metrics = self.train_step() if self.step < cfg.steps else self.refine_step()
                 if main:
                     self._log(metrics)
                 if self.skipped_in_a_row >= cfg.max_skipped_steps:
                     raise DivergedError(self._diverged_message())
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics.loss:.4g}", opacity=f"{metrics.opacity:.3f}", refresh=False)
-                due = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                stage_end = self.step in (cfg.steps, total)
+                due = self.step % cfg.checkpoint_every == 0 or stage_end
                 saved = main and (due or self._stop_requested)
                 if saved:
                     self.save()
                 grid = None
-                if main and (self.step % cfg.validation_every == 0 or self.step == cfg.steps):
+                if main and (self.step % cfg.validation_every == 0 or stage_end):
                     grid = self.validate()
                 if main and on_step is not None:
                     on_step(metrics, grid)
@@ -321,7 +421,13 @@ class Trainer:
     def validate(self) -> Path:
         cfg = self.config
         cameras = orbit_cameras(cfg.train.validation_views, cfg.train.resolution).to(self.device)
-        renders = render_views(self.field, self.background, cameras, cfg.sampling, cfg.light, self.occupancy)
+        if self.mesh is not None:
+            albedo = lambda points: self.field(points).albedo  # noqa: E731
+            renders = mesh_views(self.mesh.vertices, self.mesh.faces, albedo, cameras, cfg.light)
+        else:
+            renders = render_views(
+                self.field, self.background, cameras, cfg.sampling, cfg.light, self.occupancy
+            )
         path = self.run_dir / "validation" / f"step_{self.step:07d}.png"
         path.parent.mkdir(exist_ok=True)
         save_png_atomic(grid_image(renders), path)
@@ -334,10 +440,14 @@ class Trainer:
         modules = {"field": self.field.state_dict(), "background": self.background.state_dict()}
         if self.occupancy is not None:
             modules["occupancy"] = self.occupancy.state_dict()
+        optimizer = self.optimizer
+        if self.mesh is not None:  # in the mesh stage the field is frozen: its Adam state is not needed
+            modules["mesh"] = self.mesh.state_dict()
+            optimizer = self.mesh_optimizer
         ckpt = Checkpoint(
             step=self.step,
             modules={k: {n: t.detach().cpu() for n, t in sd.items()} for k, sd in modules.items()},
-            optimizer=self.optimizer.state_dict(),
+            optimizer=optimizer.state_dict(),
             rng={"scene": self.scene_rng.get_state(), "guidance": self.guidance.rng_state().cpu()},
             meta={"config": dump_yaml(self.config), "prompt": self.config.prompt.text},
         )
@@ -353,7 +463,12 @@ class Trainer:
             self.background.load_state_dict(ckpt.modules["background"])
             if self.occupancy is not None:
                 self.occupancy.load_state_dict(ckpt.modules["occupancy"])
-            self.optimizer.load_state_dict(ckpt.optimizer)
+            mesh = load_refined_mesh(ckpt)
+            if mesh is not None:  # a checkpoint of the mesh stage
+                self.start_mesh_optimizer(mesh.train().to(self.device))
+                self.mesh_optimizer.load_state_dict(ckpt.optimizer)
+            else:
+                self.optimizer.load_state_dict(ckpt.optimizer)
             self.scene_rng.set_state(ckpt.rng["scene"])
             self.guidance.set_rng_state(ckpt.rng["guidance"])
         except (KeyError, RuntimeError, ValueError) as exc:

@@ -33,6 +33,9 @@ def test_export_and_evaluation_read_runs_without_the_trainer_or_each_other():
     assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.training.trainer") == []
     # Both measure or write one surface, fields.mesh, which sits below them.
     assert loaded_by("dreamfusion.evaluation.runs", "dreamfusion.exporter") == []
+    # The mesh stage's renderer sits below the trainer, export and evaluation, which all use it.
+    assert loaded_by("dreamfusion.refine.render", "dreamfusion.exporter") == []
+    assert loaded_by("dreamfusion.run.config", "dreamfusion.training.trainer") == []
 
 
 def test_evaluation_does_not_read_the_prior_trainer():

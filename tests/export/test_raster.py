@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from dreamfusion.exporter.raster import project, rasterize
+from dreamfusion.render.raster import project, rasterize
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.rays import camera_rays
 

@@ -19,7 +19,7 @@ The steps, one module each:
    model.mtl + model.png, model.ply (vertex colours). All in glTF's frame, +Y up with the front facing +Z,
    1 unit = 1 metre = 1 world unit.
 4. `video`: turntable.mp4 (H.264), turntable.gif and a contact sheet, turntable.png, of the textured mesh
-   rendered by `preview` (a rasteriser in `raster`), shaded like the field's validation renders.
+   rendered by `preview` (with the rasteriser in `render.raster`), shaded like the field's validation renders.
 5. `pipeline`: runs them in order and writes the folder atomically, never over an existing export.
 
 A scene with no surface is a `UserError` before anything is written. `command` holds the

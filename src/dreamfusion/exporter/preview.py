@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.exporter.raster import project, rasterize
+from dreamfusion.render.raster import project, rasterize
 from dreamfusion.exporter.texture import TexturedMesh, sample_texture
 from dreamfusion.render.cameras import Cameras
 from dreamfusion.render.lights import LightConfig

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import trimesh
 from torch import Tensor
 
-from dreamfusion.exporter.raster import Fragments, rasterize
+from dreamfusion.render.raster import Fragments, rasterize
 from dreamfusion.fields.base import Field
 from dreamfusion.fields.mesh import unit_vertex_normals
 

@@ -1,6 +1,6 @@
 """Differentiable renders of a triangle mesh on the CPU, shaded like the field's (`shading.shade`).
 
-Which triangle covers a pixel comes from the exporter's rasteriser (`exporter.raster`), without gradients;
+Which triangle covers a pixel comes from the project's rasteriser (`render.raster`), without gradients;
 everything after that is ordinary autograd: the covering triangle's barycentric weights at the pixel centre
 are computed again from the projected vertex positions, so the surface point, its interpolated vertex
 normal and therefore the shading are differentiable in the vertices (nvdiffrast's split into a
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.exporter.raster import project, rasterize
+from dreamfusion.render.raster import project, rasterize
 from dreamfusion.render.cameras import Cameras
 from dreamfusion.render.lights import LightConfig
 from dreamfusion.render.rays import camera_rays

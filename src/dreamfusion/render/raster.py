@@ -1,5 +1,6 @@
-"""A small triangle rasteriser in PyTorch, for the exporter's two needs: baking a texture (triangles drawn in
-UV space) and rendering the exported mesh from cameras (the turntable video and the fidelity check).
+"""A small triangle rasteriser in PyTorch, for baking a texture (triangles drawn in UV space), rendering the
+exported mesh from cameras (the turntable video and the fidelity check) and the mesh stage's differentiable
+renders (`refine.render`, which recomputes its barycentrics with autograd).
 
 Every triangle is expanded into the pixel centres of its bounding box, each candidate is tested with edge
 functions, and the winner per pixel is found with one `scatter_reduce(amin)` on a key that packs depth and

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from dreamfusion.render.raster import project, rasterize
 from dreamfusion.render.cameras import orbit_cameras
+from dreamfusion.render.raster import project, rasterize
 from dreamfusion.render.rays import camera_rays
 
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.render.raster import project, rasterize
 from dreamfusion.exporter.texture import TexturedMesh, sample_texture
 from dreamfusion.render.cameras import Cameras
 from dreamfusion.render.lights import LightConfig
+from dreamfusion.render.raster import project, rasterize
 from dreamfusion.render.views import ViewRenders
 
 

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 import trimesh
 from torch import Tensor
 
-from dreamfusion.render.raster import Fragments, rasterize
 from dreamfusion.fields.base import Field
 from dreamfusion.fields.mesh import unit_vertex_normals
+from dreamfusion.render.raster import Fragments, rasterize
 
 CHUNK = 65536  # field queries per call
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.render.raster import project, rasterize
 from dreamfusion.render.cameras import Cameras
 from dreamfusion.render.lights import LightConfig
+from dreamfusion.render.raster import project, rasterize
 from dreamfusion.render.rays import camera_rays
 from dreamfusion.render.shading import shade
 from dreamfusion.render.views import ViewRenders

@@ -5,11 +5,14 @@ R-Precision is computed on each (as `dreamfusion eval` does):
 
 - `analytic`: the field's own normals, the normalised density gradient (what training and eval use);
 - `fd`: central finite differences of the density over one texel of the field's grid, a smoothed gradient;
-- `fd x4`: the same over four texels.
+- `fd x4`: the same over four texels;
+- `mesh`: no volume rendering at all: the surface export writes (`fields.mesh.extract_mesh`), rasterised
+  with the same cameras and shading (`refine.render.mesh_views`), the field giving only its colour.
 
 If the finite differences score much better, the noise is in the gradient at the texel scale (and a
 smoother normal formula would help); if all three score alike, the density itself is what is noisy, and
-only a field with a sharper surface can help.
+only a field with a sharper surface can help. If the mesh scores much better than all three, the noise is
+in what volume rendering composites besides the surface: the low-density haze around it.
 
     .venv/bin/python benchmarks/normal_sources.py RUNS_ROOT/*/*-seed? [--out normal_sources.json]
 """
@@ -37,6 +40,8 @@ from dreamfusion.evaluation.runs import (
 )
 from dreamfusion.evaluation.suite import evaluation_suite
 from dreamfusion.fields.base import Field, FieldOutput
+from dreamfusion.fields.mesh import extract_mesh
+from dreamfusion.refine.render import mesh_views
 from dreamfusion.render.background import SolidBackground
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.lights import LightConfig
@@ -89,16 +94,25 @@ def main() -> None:
             ("analytic", field),
             ("fd", FiniteDifferenceNormals(field, texel)),
             ("fd x4", FiniteDifferenceNormals(field, 4 * texel)),
+            ("mesh", None),
         ):
             with torch.no_grad():
-                renders = render_views(variant, SolidBackground(), cameras, SamplingConfig(), LightConfig())
+                if variant is None:
+                    mesh = extract_mesh(field).mesh
+                    vertices, faces = torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces)
+                    albedo = lambda points, f=field: f(points).albedo  # noqa: E731
+                    renders = mesh_views(vertices, faces, albedo, cameras, LightConfig())
+                else:
+                    renders = render_views(
+                        variant, SolidBackground(), cameras, SamplingConfig(), LightConfig()
+                    )
             scores = rprecision_scores(
                 renders.shaded, renders.textureless, run_config.prompt.text, scene, model, suite
             )
             row[name] = scores["geo"]
         results.append(row)
 
-    names = ("analytic", "fd", "fd x4")
+    names = ("analytic", "fd", "fd x4", "mesh")
     print("| run | " + " | ".join(f"Geo % ({n})" for n in names) + " |")
     print("|---|" + "---:|" * len(names))
     for row in results:

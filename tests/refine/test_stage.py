@@ -54,6 +54,7 @@ def test_the_mesh_stage_follows_the_nerf_steps_and_is_checkpointed(mesh_run: Pat
 def test_export_writes_the_refined_mesh_and_eval_scores_it(mesh_run: Path):
     mesh = load_refined_mesh(load_latest(mesh_run))
     result = export_run(mesh_run, ExportConfig(formats=("ply",), video=False))
+    assert result.refined
     manifest = json.loads((result.folder / "export.json").read_text())
     assert "mesh stage" in manifest["mesh"]["threshold_method"]
     assert manifest["mesh"]["vertices"] == len(mesh.start)
@@ -113,3 +114,12 @@ def test_mesh_occupancy_is_exact_for_a_box_and_a_sphere():
     sphere = trimesh.creation.icosphere(5, radius=0.7)
     inside = mesh_occupancy_grid(torch.from_numpy(sphere.vertices), torch.from_numpy(sphere.faces), 48, 1.0)
     assert torch.equal(inside.reshape(-1), points.norm(dim=1) < 0.7)
+
+
+def test_a_threshold_asks_export_for_the_fields_surface_instead(mesh_run: Path):
+    from dreamfusion.fields.mesh import MeshConfig
+
+    result = export_run(mesh_run, ExportConfig(formats=("ply",), video=False, mesh=MeshConfig(threshold=5.0)))
+    assert not result.refined and result.threshold == 5.0
+    manifest = json.loads((result.folder / "export.json").read_text())
+    assert manifest["mesh"]["threshold_method"] == "given"

@@ -43,7 +43,8 @@ the surface:
   grid as the field makes at least half opaque (transmittance 0.5: what renders show as solid), so the
   mesh is as large as the renders. --threshold overrides it. Pieces with under 2 % of the largest piece's
   area are removed as floaters (--keep-floaters keeps them). A scene with no surface is an error and
-  writes nothing.
+  writes nothing. A run with a mesh stage (refine.steps) exports the mesh it refined, unless --threshold
+  or --resolution asks for a surface extracted from the field.
 
 examples:
   dreamfusion export runs/a-red-ball-seed0
@@ -169,9 +170,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     progress = show_progress(args)
     result = export_run(args.run_dir, config, progress, args.checkpoint)
     how = "chosen from the field" if result.auto_threshold else "given"
+    surface = f"surface at density {result.threshold:.4g} ({how})"
+    if result.refined:
+        surface = "the mesh stage's refined mesh (--threshold or --resolution extracts one from the field)"
     print(
-        f"exported {result.folder}: {result.faces:,} faces, surface at density {result.threshold:.4g} "
-        f"({how}), {sum(result.seconds.values()):.1f} s"
+        f"exported {result.folder}: {result.faces:,} faces, {surface}, {sum(result.seconds.values()):.1f} s"
     )
     for path in result.files:
         print(f"  {path.name}")

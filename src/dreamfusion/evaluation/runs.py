@@ -224,7 +224,7 @@ def _surface_metrics(field: Field, mesh: trimesh.Trimesh, scene: Scene, config: 
     }
 
 
-def _views(field: Field, refined: RefinedMesh | None, cameras) -> ViewRenders:
+def asset_views(field: Field, refined: RefinedMesh | None, cameras) -> ViewRenders:
     """The run's asset from `cameras`: the field by volume rendering, or the mesh stage's mesh."""
     if refined is None:
         return render_views(field, SolidBackground(), cameras, SamplingConfig(), LightConfig())
@@ -257,7 +257,7 @@ def evaluate_run(
     prompt = run_config.prompt.text
     scene = world_scene(prompt)
     cameras = orbit_cameras(config.views, config.resolution, config.elevation_deg)
-    renders = _views(field, refined, cameras)
+    renders = asset_views(field, refined, cameras)
     scores = rprecision_scores(
         renders.shaded, renders.textureless, prompt, scene, model, suite or evaluation_suite()
     )
@@ -268,7 +268,7 @@ def evaluate_run(
             shaded, azimuths = render_janus_views(field)
         else:
             views = janus_cameras()
-            shaded, azimuths = _views(field, refined, views).shaded, views.azimuth_deg
+            shaded, azimuths = asset_views(field, refined, views).shaded, views.azimuth_deg
         janus = janus_scores(packaged_view_classifier(), shaded, azimuths)
     return {
         "run": run_dir.name,

@@ -70,6 +70,7 @@ class ExportResult:
     faces: int
     vertices: int  # of the seam-free mesh
     seconds: dict[str, float]  # wall time per stage
+    refined: bool = False  # the mesh stage's mesh, not a surface extracted from the field
 
 
 class _Stages:
@@ -224,6 +225,7 @@ def export_field(
         faces=len(textured.faces),
         vertices=len(extracted.mesh.vertices),
         seconds=dict(stage.seconds),
+        refined=refined is not None,
     )
 
 
@@ -257,9 +259,14 @@ def export_run(
     progress: bool = False,
     checkpoint: Path | None = None,
 ) -> ExportResult:
-    """Export a run folder's field (latest checkpoint, or `checkpoint`) into RUN_DIR/export (or export-N)."""
+    """Export a run folder's field (latest checkpoint, or `checkpoint`) into RUN_DIR/export (or export-N).
+
+    A run with a mesh stage (`refine.steps`) exports the mesh it refined; a threshold or grid resolution in
+    `config.mesh` asks for a surface extracted from the field instead."""
     run_dir = Path(run_dir)
     field, path, step = load_run_checkpoint(run_dir, checkpoint)
-    refined = load_refined_mesh(load_checkpoint(path))
+    # The mesh stage's mesh is the run's surface, unless the flags ask for one extracted from the field.
+    from_field = config.mesh.threshold is not None or config.mesh.resolution is not None
+    refined = None if from_field else load_refined_mesh(load_checkpoint(path))
     source: dict[str, str | int] = {"run_dir": str(run_dir), "checkpoint": str(path), "step": step}
     return export_field(field, free_dir(run_dir / "export"), config, progress, source, refined)

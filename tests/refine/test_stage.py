@@ -97,8 +97,10 @@ def test_the_laplacian_vanishes_on_a_flat_regular_patch_and_not_on_a_bump():
 def test_a_refined_mesh_survives_its_state_dict():
     sphere = trimesh.creation.icosphere(2)
     mesh = RefinedMesh.from_trimesh(sphere, cell=0.02, level=3.0)
+    assert float(mesh.displacement()) == 0.0
     with torch.no_grad():
         mesh.offsets += 0.01
+    assert abs(float(mesh.displacement()) - 3 * 0.25) < 1e-5  # (0.01 / 0.02)^2 per axis
     again = RefinedMesh.from_state({k: v.clone() for k, v in mesh.state_dict().items()})
     assert torch.equal(again.vertices, mesh.vertices) and torch.equal(again.faces, mesh.faces)
     assert float(again.level) == 3.0 and abs(float(again.smoothness()) - float(mesh.smoothness())) < 1e-9

@@ -25,13 +25,16 @@ class RefineConfig:
     lr: float = 1e-3  # Adam, on the vertex offsets (world units), cosine-decayed to lr_end_ratio
     lr_end_ratio: float = 0.1
     laplacian_weight: float = 10.0  # on the mean squared uniform Laplacian of the vertices, per cell^2
+    # On the mean squared offset from the extracted surface, per cell^2: the renders give no gradient to
+    # the silhouette, so this is what keeps the outline where the NeRF steps put it.
+    anchor_weight: float = 0.0
     supersample: int = 2  # rasterised samples per pixel and axis
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if self.lr < 0 or self.laplacian_weight < 0 or not 0 <= self.lr_end_ratio <= 1:
-            raise ValueError("lr and laplacian_weight must be >= 0 and lr_end_ratio in [0, 1]")
+        if min(self.lr, self.laplacian_weight, self.anchor_weight) < 0 or not 0 <= self.lr_end_ratio <= 1:
+            raise ValueError("lr, laplacian_weight and anchor_weight must be >= 0 and lr_end_ratio in [0, 1]")
         if not 1 <= self.supersample <= 4:
             raise ValueError(f"supersample must be in [1, 4], got {self.supersample}")
 
@@ -81,6 +84,10 @@ class RefinedMesh(nn.Module):
     def smoothness(self) -> Tensor:
         """Mean squared Laplacian in cells^2, so the weight does not depend on the grid's resolution."""
         return uniform_laplacian(self.vertices, self.edges).square().sum(-1).mean() / self.cell.square()
+
+    def displacement(self) -> Tensor:
+        """Mean squared offset from the start, in cells^2."""
+        return self.offsets.square().sum(-1).mean() / self.cell.square()
 
     def to_trimesh(self) -> trimesh.Trimesh:
         vertices = self.vertices.detach().cpu().double().numpy()

@@ -273,7 +273,8 @@ class Trainer:
         grad = guided.image_grad.to(images.dtype)
         sds_surrogate = (grad * images).sum() * (shard.world if shard is not None else 1)
         smoothness = self.mesh.smoothness()
-        total = sds_surrogate + refine.laplacian_weight * smoothness
+        regularisers = refine.laplacian_weight * smoothness + refine.anchor_weight * self.mesh.displacement()
+        total = sds_surrogate + regularisers
 
         progress = (step - cfg.train.steps) / max(refine.steps, 1)
         lr_scale = refine.lr_end_ratio + (1 - refine.lr_end_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -299,7 +300,7 @@ class Trainer:
         self.step += 1
         return StepMetrics(
             step=self.step,
-            loss=0.5 * sds_square + refine.laplacian_weight * smooth,
+            loss=0.5 * sds_square + float(regularisers.detach()),
             sds_grad_norm=grad_norm,
             timestep=timestep,
             orientation=0.0,

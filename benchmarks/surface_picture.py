@@ -58,7 +58,7 @@ def main() -> None:
         sys.exit(f"error: {args.out} exists; pick another name")
     sources = []
     for item in args.sources:
-        label, sep, root = item.partition("=")
+        label, sep, root = item.rpartition("=")
         if not sep or not Path(root).is_dir():
             sys.exit(f"error: {item!r} is not LABEL=FOLDER")
         sources.append((label, Path(root)))

@@ -130,6 +130,7 @@ def aggregate(results: list[dict[str, object]]) -> dict[str, float | None]:
         "runs": len(results),
         "color": mean([r["r_precision"]["color"] for r in results]),
         "geo": mean([r["r_precision"]["geo"] for r in results]),
+        "geo_mesh": mean([r["r_precision"].get("geo_mesh") for r in results]),
         "iou": mean([t.get("iou") for t in truth]),
         "iou_mesh": mean([t.get("iou_mesh_level") for t in truth]),
         "chamfer": mean([t.get("chamfer") for t in truth]),
@@ -149,10 +150,10 @@ def cell(value: float | None, kind: str) -> str:
 
 def markdown(table: dict[str, dict[str, dict[str, float | None]]], model_name: str) -> str:
     header = (
-        "| method | prompts | runs | R-Prec Color % | R-Prec Geo % | IoU | IoU (mesh level) | Chamfer "
-        "| colour error (ΔE) | s / asset |"
+        "| method | prompts | runs | R-Prec Color % | R-Prec Geo % | Geo, mesh % | IoU | IoU (mesh level) "
+        "| Chamfer | colour error (ΔE) | s / asset |"
     )
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row, splits in table.items():
         for split, a in splits.items():
             cells = [
@@ -161,6 +162,7 @@ def markdown(table: dict[str, dict[str, dict[str, float | None]]], model_name: s
                 str(a["runs"]),
                 cell(a["color"], "pct"),
                 cell(a["geo"], "pct"),
+                cell(a.get("geo_mesh"), "pct"),
                 cell(a["iou"], "iou"),
                 cell(a.get("iou_mesh"), "iou"),
                 cell(a["chamfer"], "dist"),
@@ -172,7 +174,8 @@ def markdown(table: dict[str, dict[str, dict[str, float | None]]], model_name: s
         "",
         f"R-Precision by {model_name}: each of 8 renders at 30 deg elevation ranks the prompt among the "
         "suite's captions; Geo ranks textureless renders against shape-only captions, since colour cannot be "
-        "seen without texture. IoU, Chamfer (world units; the scene fits in radius 0.8) and colour error are "
+        "seen without texture; 'Geo, mesh' is the same of the exported mesh's textureless renders. IoU, "
+        "Chamfer (world units; the scene fits in radius 0.8) and colour error are "
         "measured against the exact scene. IoU counts a cell occupied where it alone is half opaque; "
         "IoU (mesh level) uses the exported mesh's own iso level, the surface that Chamfer and colour error "
         "are measured on. Runs with an empty field have no mesh, so no Chamfer or colour "
@@ -184,6 +187,7 @@ def markdown(table: dict[str, dict[str, dict[str, float | None]]], model_name: s
 PAIRED = (
     ("color", 100.0, "R-Prec Color (points)"),
     ("geo", 100.0, "R-Prec Geo (points)"),
+    ("geo_mesh", 100.0, "Geo, mesh (points)"),
     ("iou", 1.0, "IoU"),
     ("iou_mesh_level", 1.0, "IoU (mesh level)"),
     ("chamfer", 1.0, "Chamfer"),
@@ -204,7 +208,7 @@ def paired_differences(jobs: Sequence[Job], results: Sequence[dict[str, object]]
             continue
         out[row] = {"pairs": len(pairs)}
         for key, scale, _ in PAIRED:
-            source = "r_precision" if key in ("color", "geo") else "ground_truth"
+            source = "r_precision" if key in ("color", "geo", "geo_mesh") else "ground_truth"
             # Chamfer is None for a run with an empty field: such pairs are left out of its column.
             values = [((a[source] or {}).get(key), (b[source] or {}).get(key)) for a, b in pairs]
             d = [scale * (x - y) for x, y in values if x is not None and y is not None]

@@ -78,6 +78,8 @@ def test_a_run_gets_every_score_and_eval_json_is_never_overwritten(sphere_run: P
     result = evaluate_run(sphere_run, caption_oracle("a red sphere", "a sphere"), SMALL)
     assert result["prompt"] == "a red sphere" and result["world_caption"] and not result["held_out"]
     assert result["r_precision"]["color"] == 1.0 and len(result["r_precision"]["geo_ranks"]) == 2
+    # The exported mesh's own textureless renders, scored the same way (the oracle sees "a sphere" in both).
+    assert result["r_precision"]["geo_mesh"] == 1.0 and len(result["r_precision"]["geo_mesh_ranks"]) == 2
     truth = result["ground_truth"]
     assert 0.0 <= truth["iou"] <= 1.0
     # The initial blob has a surface, so a mesh: Chamfer in world units and a colour error in dE.

@@ -7,6 +7,9 @@ For every run:
   evaluation suite's captions (`suite.py`). Geo: each textureless render ranks the prompt's shape-only
   caption among the suite's shape captions, because a textureless render shows no colour. A prompt outside
   the suite joins the candidates; one the world cannot read has no shape caption and no Geo score.
+- **Geo of the mesh** (`geo_mesh`): the same Geo, of textureless renders of the mesh export writes
+  (rasterised, `refine.render.mesh_views`) instead of the field: what a user's mesh looks like, beside
+  the paper's measure on the field's renders.
 - **Ground truth**, when the prompt is a caption of the procedural world: the volumetric IoU of the
   thresholded density (`geometry.py`) at two levels, a fixed one (`iou`: a cell alone half opaque) and the
   exported mesh's own (`iou_mesh_level`); the Chamfer distance from that mesh to the true surface and the
@@ -224,6 +227,31 @@ def _surface_metrics(field: Field, mesh: trimesh.Trimesh, scene: Scene, config: 
     }
 
 
+def mesh_geo(
+    field: Field,
+    refined: RefinedMesh | None,
+    scores: dict[str, object],
+    cameras,
+    prompt: str,
+    scene: Scene,
+    model: ImageTextModel,
+    suite: Sequence[SuitePrompt],
+) -> dict[str, object]:
+    """Geo of the exported mesh (the surface `extract_mesh` gives, which export writes), rasterised from the
+    same cameras: what a user's mesh shows, beside the paper's renders of the field. For a run with a mesh
+    stage the scores above are of its mesh already."""
+    if refined is not None:
+        return {"geo_mesh": scores["geo"]}
+    try:
+        mesh = extract_mesh(field, MeshConfig()).mesh
+    except UserError:  # no surface: nothing to show
+        return {"geo_mesh": 0.0}
+    vertices, faces = torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces)
+    views = mesh_views(vertices, faces, lambda points: field(points).albedo, cameras, LightConfig())
+    geo = rprecision_scores(views.shaded, views.textureless, prompt, scene, model, suite)
+    return {"geo_mesh": geo["geo"], "geo_mesh_ranks": geo["geo_ranks"]}
+
+
 def asset_views(field: Field, refined: RefinedMesh | None, cameras) -> ViewRenders:
     """The run's asset from `cameras`: the field by volume rendering, or the mesh stage's mesh."""
     if refined is None:
@@ -258,9 +286,10 @@ def evaluate_run(
     scene = world_scene(prompt)
     cameras = orbit_cameras(config.views, config.resolution, config.elevation_deg)
     renders = asset_views(field, refined, cameras)
-    scores = rprecision_scores(
-        renders.shaded, renders.textureless, prompt, scene, model, suite or evaluation_suite()
-    )
+    suite = suite or evaluation_suite()
+    scores = rprecision_scores(renders.shaded, renders.textureless, prompt, scene, model, suite)
+    if scene is not None:
+        scores |= mesh_geo(field, refined, scores, cameras, prompt, scene, model, suite)
     truth = ground_truth_metrics(field, scene, config, refined) if scene is not None else None
     janus = None
     if has_front(scene):
@@ -316,7 +345,8 @@ def summary_line(result: dict[str, object]) -> str:
         f", views right {pct(janus['view_accuracy'])}, Janus {pct(janus['janus_rate'])}" if janus else ""
     )
     return (
-        f"{result['run']}: R-Prec Color {pct(scores['color'])}, Geo {pct(scores.get('geo'))}, "
+        f"{result['run']}: R-Prec Color {pct(scores['color'])}, Geo {pct(scores.get('geo'))} "
+        f"(mesh {pct(scores.get('geo_mesh'))}), "
         f"IoU {num(truth.get('iou'))}, Chamfer {num(truth.get('chamfer'))}, "
         f"colour error {num(truth.get('delta_e'), 1)} dE{janus_part}"
     )

@@ -44,8 +44,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Score each RUN_DIR and write RUN_DIR/eval.json (eval-2.json, ... if one exists): "
         "CLIP R-Precision as the paper defines it (renders at 30 deg elevation, the prompt ranked among the "
         "evaluation suite's captions; Color on shaded renders, Geo on textureless renders against shape-only "
-        "captions), and for prompts of the procedural world the volumetric IoU, the Chamfer distance and the "
-        "mean colour error (CIEDE2000) against the exact scene.",
+        "captions), and for prompts of the procedural world Geo of the exported mesh's textureless renders, "
+        "the volumetric IoU, the Chamfer distance and the mean colour error (CIEDE2000) against the exact "
+        "scene. A run with a mesh stage (refine.steps) is scored on its refined mesh.",
     )
     e.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="folders written by generate")
     e.add_argument(

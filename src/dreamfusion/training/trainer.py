@@ -288,7 +288,7 @@ class Trainer:
             float(smoothness.detach()),
             total.detach(),
         )
-        opacity = float(out.opacity.mean())
+        opacity = float(out.opacity.detach().mean())
         if shard is not None:
             shard.average_gradients([self.mesh.offsets])
             local = [float(loss_value), sds_square, grad_norm**2, timestep, opacity]

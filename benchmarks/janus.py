@@ -20,7 +20,7 @@ stdout and to `--out`.md/.json; the picture (`--picture`) shows the textureless 
 prompt, vanilla against the variant with the lowest Janus rate.
 
     .venv/bin/python benchmarks/janus.py --quick     # 5 prompts x 1 seed, about 25 min on 2 cores
-    .venv/bin/python benchmarks/janus.py             # 10 prompts x 2 seeds, about 1.5 h
+    .venv/bin/python benchmarks/janus.py             # 10 prompts x 2 seeds, about 2.2 h
 """
 
 from __future__ import annotations

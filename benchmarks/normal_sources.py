@@ -7,14 +7,20 @@ R-Precision is computed on each (as `dreamfusion eval` does):
 - `fd`: central finite differences of the density over one texel of the field's grid, a smoothed gradient;
 - `fd x4`: the same over four texels;
 - `mesh`: no volume rendering at all: the surface export writes (`fields.mesh.extract_mesh`), rasterised
-  with the same cameras and shading (`refine.render.mesh_views`), the field giving only its colour.
+  with the same cameras and shading (`refine.render.mesh_views`), the field giving only its colour;
+- `analytic @ N` (with `--samples N,...`): the field's own normals with N samples per ray instead of eval's
+  256, to see whether the volume renders have converged (a sharp surface sampled at fixed positions shows
+  contour rings, wood grain, where the sample spacing is coarser than the surface).
+
+The volume renders are eval's (`EvalConfig.samples_per_ray`, empty space skipped by
+`OccupancyGrid.of_field`).
 
 If the finite differences score much better, the noise is in the gradient at the texel scale (and a
 smoother normal formula would help); if all three score alike, the density itself is what is noisy, and
 only a field with a sharper surface can help. If the mesh scores much better than all three, the noise is
 in what volume rendering composites besides the surface: the low-density haze around it.
 
-    .venv/bin/python benchmarks/normal_sources.py RUNS_ROOT/*/*-seed? [--out normal_sources.json]
+    .venv/bin/python benchmarks/normal_sources.py RUNS_ROOT/*/*-seed? [--samples 128,256] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -45,7 +52,7 @@ from dreamfusion.refine.render import mesh_views
 from dreamfusion.render.background import SolidBackground
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.lights import LightConfig
-from dreamfusion.render.sampling import SamplingConfig
+from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig
 from dreamfusion.render.views import render_views
 
 
@@ -77,6 +84,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="finished run folders of world prompts")
     parser.add_argument("--out", type=Path, help="write the per-run figures here as JSON")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--samples", default="", help="comma list of samples per ray for extra columns")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -84,18 +92,25 @@ def main() -> None:
     suite = evaluation_suite()
     config = EvalConfig()
     cameras = orbit_cameras(config.views, config.resolution, config.elevation_deg)
+    eval_sampling = SamplingConfig(samples_per_ray=config.samples_per_ray)
+    samples = [int(n) for n in args.samples.split(",") if n.strip()]
+    names = ("analytic", "fd", "fd x4", "mesh", *(f"analytic @ {n}" for n in samples))
+    seconds: dict[str, list[float]] = {n: [] for n in names}
     results = []
     for run in tqdm(args.runs, desc="runs", unit="run", disable=not sys.stderr.isatty()):
         field, run_config = load_run_field(run)
         texel = 2.0 * field.bound / max((field.detail_resolution() or 64) - 1, 1)
         scene = world_scene(run_config.prompt.text)
         row = {"run": f"{run.parent.name}/{run.name}", "prompt": run_config.prompt.text}
-        for name, variant in (
-            ("analytic", field),
-            ("fd", FiniteDifferenceNormals(field, texel)),
-            ("fd x4", FiniteDifferenceNormals(field, 4 * texel)),
-            ("mesh", None),
-        ):
+        variants = [
+            ("analytic", field, eval_sampling),
+            ("fd", FiniteDifferenceNormals(field, texel), eval_sampling),
+            ("fd x4", FiniteDifferenceNormals(field, 4 * texel), eval_sampling),
+            ("mesh", None, None),
+            *((f"analytic @ {n}", field, SamplingConfig(samples_per_ray=n)) for n in samples),
+        ]
+        for name, variant, sampling in variants:
+            start = time.perf_counter()
             with torch.no_grad():
                 if variant is None:
                     mesh = extract_mesh(field).mesh
@@ -103,24 +118,25 @@ def main() -> None:
                     albedo = lambda points, f=field: f(points).albedo  # noqa: E731
                     renders = mesh_views(vertices, faces, albedo, cameras, LightConfig())
                 else:
-                    renders = render_views(
-                        variant, SolidBackground(), cameras, SamplingConfig(), LightConfig()
-                    )
+                    grid = OccupancyGrid.of_field(variant)
+                    renders = render_views(variant, SolidBackground(), cameras, sampling, LightConfig(), grid)
+            seconds[name].append(time.perf_counter() - start)
             scores = rprecision_scores(
                 renders.shaded, renders.textureless, run_config.prompt.text, scene, model, suite
             )
             row[name] = scores["geo"]
         results.append(row)
 
-    names = ("analytic", "fd", "fd x4", "mesh")
     print("| run | " + " | ".join(f"Geo % ({n})" for n in names) + " |")
     print("|---|" + "---:|" * len(names))
     for row in results:
         print(f"| {row['run']} | " + " | ".join(f"{100 * row[n]:.1f}" for n in names) + " |")
     means = {n: statistics.fmean(r[n] for r in results) for n in names}
     print(f"| mean of {len(results)} | " + " | ".join(f"{100 * means[n]:.1f}" for n in names) + " |")
+    median_s = {n: statistics.median(t) for n, t in seconds.items()}
+    print("| render s (median) | " + " | ".join(f"{median_s[n]:.1f}" for n in names) + " |")
     if args.out:
-        args.out.write_text(json.dumps({"runs": results, "means": means}, indent=2))
+        args.out.write_text(json.dumps({"runs": results, "means": means, "seconds": median_s}, indent=2))
 
 
 if __name__ == "__main__":

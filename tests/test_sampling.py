@@ -29,3 +29,22 @@ def test_occupancy_grid_marks_a_blob_and_skips_empty_space():
     for _ in range(200):
         grid.update(lambda p: torch.zeros(p.shape[0]), step_size=0.05, decay=0.95, threshold=0.01)
     assert grid.occupied_fraction == 0.0
+
+
+def test_a_grid_of_the_field_skips_only_space_no_render_can_see():
+    from dreamfusion.fields import FieldConfig, build_field
+    from dreamfusion.render.background import SolidBackground
+    from dreamfusion.render.lights import LightConfig
+    from dreamfusion.render.views import render_views
+
+    field = build_field(FieldConfig(kind="sdf", blob_radius=0.5), torch.Generator().manual_seed(0))
+    grid = OccupancyGrid.of_field(field, resolution=32)
+    assert 0 < grid.occupied_fraction < 0.3
+    cameras = orbit_cameras(2, 24, 30.0)
+    sampling = SamplingConfig(samples_per_ray=256)
+    with torch.no_grad():
+        full = render_views(field, SolidBackground(), cameras, sampling, LightConfig())
+        skipped = render_views(field, SolidBackground(), cameras, sampling, LightConfig(), grid)
+    assert full.opacity.max() > 0.9  # the sphere is seen
+    for name in ("shaded", "textureless"):
+        assert (getattr(full, name) - getattr(skipped, name)).abs().max() < 1e-3

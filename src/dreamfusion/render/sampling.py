@@ -21,6 +21,7 @@ from dreamfusion.render.rays import Rays, sphere_intersection
 
 if TYPE_CHECKING:
     from dreamfusion.distributed import Shard
+    from dreamfusion.fields.base import Field
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,18 @@ class OccupancyGrid(nn.Module):
         self.bound = bound
         self.register_buffer("max_density", torch.zeros(resolution, resolution, resolution))
         self.register_buffer("occupied", torch.ones(resolution, resolution, resolution, dtype=torch.bool))
+
+    @classmethod
+    @torch.no_grad()
+    def of_field(cls, field: Field, resolution: int = 64) -> OccupancyGrid:
+        """A grid over `field` that skips only space no render could tell apart: a cell is empty when a ray
+        crossing the whole bounding box at its density would absorb less than 1 % of the light (density
+        about 0.0036 for bound 1.4), then dilated by one cell. For deterministic renders with many samples
+        per ray (eval), which then cost about what the occupied cells hold."""
+        device = next(field.parameters(), torch.empty(0)).device
+        grid = cls(resolution, field.bound).to(device)
+        grid.update(field.density, step_size=2.0 * field.bound, decay=0.0, threshold=0.01)
+        return grid
 
     def cell_centres(self) -> Tensor:  # (G^3, 3)
         g = self.resolution

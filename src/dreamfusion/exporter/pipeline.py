@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dreamfusion import __version__
-from dreamfusion.checkpoint import latest_checkpoint, load_checkpoint
+from dreamfusion.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
 from dreamfusion.errors import ExportError
 from dreamfusion.exporter.formats import FORMATS, write_formats, write_json
 from dreamfusion.exporter.texture import TextureConfig, TexturedMesh, bake, unwrap
@@ -242,15 +242,15 @@ def finished_run_export(settings: RunExportConfig) -> ExportConfig:
     return ExportConfig(video=settings.video, turntable=turntable)
 
 
-def load_run_checkpoint(run_dir: Path, checkpoint: Path | None = None) -> tuple[Field, Path, int]:
+def load_run_checkpoint(run_dir: Path, checkpoint: Path | None = None) -> tuple[Field, Path, Checkpoint]:
     """The field of a run folder at `checkpoint` (default: its latest), on the CPU in eval mode, with the
-    checkpoint's path and step."""
+    checkpoint's path and the checkpoint itself (its step, and the mesh stage's mesh if it has one)."""
     config = read_run_config(run_dir)
     path = checkpoint if checkpoint is not None else latest_checkpoint(run_dir / "checkpoints")
     if path is None:
         raise ExportError(f"no checkpoint in {run_dir / 'checkpoints'}: nothing to export")
     loaded = load_checkpoint(path)
-    return load_field(config, loaded, str(path)), path, loaded.step
+    return load_field(config, loaded, str(path)), path, loaded
 
 
 def export_run(
@@ -264,9 +264,9 @@ def export_run(
     A run with a mesh stage (`refine.steps`) exports the mesh it refined; a threshold or grid resolution in
     `config.mesh` asks for a surface extracted from the field instead."""
     run_dir = Path(run_dir)
-    field, path, step = load_run_checkpoint(run_dir, checkpoint)
+    field, path, loaded = load_run_checkpoint(run_dir, checkpoint)
     # The mesh stage's mesh is the run's surface, unless the flags ask for one extracted from the field.
     from_field = config.mesh.threshold is not None or config.mesh.resolution is not None
-    refined = None if from_field else load_refined_mesh(load_checkpoint(path))
-    source: dict[str, str | int] = {"run_dir": str(run_dir), "checkpoint": str(path), "step": step}
+    refined = None if from_field else load_refined_mesh(loaded)
+    source: dict[str, str | int] = {"run_dir": str(run_dir), "checkpoint": str(path), "step": loaded.step}
     return export_field(field, free_dir(run_dir / "export"), config, progress, source, refined)

@@ -73,10 +73,22 @@ def _scaled(cameras: Cameras, s: int) -> Cameras:
     )
 
 
-def _surface(
-    vertices: Tensor, faces: Tensor, normals: Tensor, cameras: Cameras, view: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The covered pixels of one view (flat indices), their surface points and unit normals (N, 3)."""
+@dataclass(frozen=True)
+class _Hits:
+    """The covered pixels of one view: flat indices (N,), their triangles' vertex indices (N, 3) and
+    barycentric weights (N, 3, 1), and the surface points and unit normals there (N, 3)."""
+
+    pixels: Tensor
+    corners: Tensor
+    weights: Tensor
+    point: Tensor
+    normal: Tensor
+
+    def interpolate(self, per_vertex: Tensor) -> Tensor:
+        return (per_vertex[self.corners] * self.weights).sum(1)
+
+
+def _surface(vertices: Tensor, faces: Tensor, normals: Tensor, cameras: Cameras, view: int) -> _Hits:
     with torch.no_grad():  # the rasteriser works on the CPU, whatever device the mesh is on
         xy, z = project(vertices.detach().cpu(), cameras.to(torch.device("cpu")), view)
         fragments = rasterize(xy, faces.cpu(), cameras.height, cameras.width, depth=z, cull_back_faces=True)
@@ -88,17 +100,18 @@ def _surface(
     weights = _pixel_weights(xy, z, corners, pixels, cameras.width)[:, :, None]  # (N, 3, 1)
     point = (vertices[corners] * weights).sum(1)
     normal = F.normalize((normals[corners] * weights).sum(1), dim=-1, eps=1e-12)
-    return pixels, point, normal
+    return _Hits(pixels, corners, weights, point, normal)
 
 
 def _downsample(pixels: Tensor, values: Tensor, cameras: Cameras, s: int) -> Tensor:
     """(H / s, W / s, C + 1): the mean of each s x s block of the covered pixels' values (C channels,
-    0 where uncovered), then the covered share, the opacity."""
+    0 where uncovered), then the covered share, the opacity. A sum of s^2 strided slices: several times
+    faster on channels-last images than a mean over two axes."""
     n = cameras.height * cameras.width
     layer = torch.zeros(n, values.shape[1] + 1, dtype=values.dtype, device=values.device)
     layer = layer.index_copy(0, pixels, torch.cat([values, torch.ones_like(values[:, :1])], 1))
-    h, w = cameras.height // s, cameras.width // s
-    return layer.view(h, s, w, s, -1).mean((1, 3))
+    layer = layer.view(cameras.height, cameras.width, -1)
+    return sum(layer[i::s, j::s] for i in range(s) for j in range(s)) / s**2
 
 
 def render_mesh(
@@ -126,11 +139,11 @@ def render_mesh(
     backdrop = background(camera_rays(cameras).directions)  # (B, H, W, 3)
     images, coverage = [], []
     for view in range(cameras.batch_size):
-        pixels, point, normal = _surface(vertices, faces, normals, big, view)
-        mode = modes[view].expand(pixels.numel())
-        light = lights[view].expand(pixels.numel(), 3)
-        colour = shade(albedo(point), normal, point, light, mode, ambient, diffuse)
-        stacked = _downsample(pixels, colour, big, s)
+        hits = _surface(vertices, faces, normals, big, view)
+        mode = modes[view].expand(hits.pixels.numel())
+        light = lights[view].expand(hits.pixels.numel(), 3)
+        colour = shade(albedo(hits.point), hits.normal, hits.point, light, mode, ambient, diffuse)
+        stacked = _downsample(hits.pixels, colour, big, s)
         images.append(stacked[..., :3])
         coverage.append(stacked[..., 3])
     opacity = torch.stack(coverage)
@@ -146,21 +159,30 @@ def mesh_views(
     cameras: Cameras,
     light: LightConfig,
     supersample: int = 2,
+    normals: Tensor | None = None,
+    albedo_input: Tensor | None = None,
 ) -> ViewRenders:
     """What `views.render_views` gives for a field, for the mesh: shaded (light at the camera), albedo,
-    textureless and normal renders over white, with opacity and depth (distance from the camera)."""
+    textureless and normal renders over white, with opacity and depth (distance from the camera).
+
+    `albedo` maps each pixel's surface point (N, 3) to its colour, or with `albedo_input` (V, C) that
+    per-vertex attribute interpolated there (a textured mesh's texture coordinates). `normals` (V, 3) are
+    the vertex normals to interpolate (default: `vertex_normals`)."""
+    if supersample < 1:
+        raise ValueError(f"supersample must be >= 1, got {supersample}")
     big = _scaled(cameras, supersample)
-    normals = vertex_normals(vertices, faces)
+    normals = vertex_normals(vertices, faces) if normals is None else normals
     layers = []
     for view in range(cameras.batch_size):
-        pixels, point, normal = _surface(vertices, faces, normals, big, view)
+        hits = _surface(vertices, faces, normals, big, view)
+        point, normal = hits.point, hits.normal
         camera = big.position[view].float()
         to_light = F.normalize(camera - point, dim=-1)  # headlights(): the light is at the camera
         lambert = light.ambient + light.diffuse * (normal * to_light).sum(-1, keepdim=True).clamp_min(0.0)
-        colour = albedo(point)
+        colour = albedo(point if albedo_input is None else hits.interpolate(albedo_input))
         distance = (point - camera).norm(dim=-1, keepdim=True)
         values = torch.cat([colour * lambert, colour, lambert.expand(-1, 3), (normal + 1) / 2, distance], 1)
-        layers.append(_downsample(pixels, values, big, supersample))
+        layers.append(_downsample(hits.pixels, values, big, supersample))
     stacked = torch.stack(layers)  # (V, H, W, 14): 13 premultiplied channels, then opacity
     alpha = stacked[..., 13]
     white = (1.0 - alpha)[..., None]

@@ -266,6 +266,7 @@ def main() -> None:
     parser.add_argument(
         "--prompts", help="a comma list of suite captions to run instead of all (or of --quick's)"
     )
+    parser.add_argument("--seeds", help=f"a comma list of seeds instead of {','.join(map(str, SEEDS))}")
     parser.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma list of method rows")
     parser.add_argument("--model", default=JUDGE, help="image-text model for R-Precision (default: judge)")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "table1", help="where runs are kept")
@@ -290,6 +291,8 @@ def main() -> None:
             parser.error(f"not suite captions: {', '.join(map(repr, unknown))}")
         prompts = tuple(p for p in suite if p.caption in chosen)
     seeds = SEEDS[:1] if args.quick else SEEDS
+    if args.seeds:
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
     wanted = [n.strip() for n in args.rows.split(",") if n.strip()]
     known = (*ROWS, *EXTRA_ROWS)
     rows = [r for r in known if r.name in wanted]

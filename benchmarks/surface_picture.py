@@ -3,7 +3,8 @@
 Each LABEL=ROOT names a folder of runs (a `table1.py --runs` folder, or any folder holding run folders); for
 every prompt the picture has one row of the true scene and one row per label, from azimuths 0, 90, 180 and
 270 deg at 30 deg elevation. A run is rendered as eval renders it (`evaluation.runs.asset_views`): the
-field by volume rendering, or the mesh stage's mesh when the run has one.
+field by volume rendering, or the mesh stage's mesh when the run has one. `--mesh` adds, below each run
+without a mesh stage, its exported mesh rasterised the same way (what eval's `geo_mesh` reads).
 
     .venv/bin/python benchmarks/surface_picture.py docs/images/fit-mesh-stage.png \\
         --prompts "a white mug,a brown chair,a pink house" triplane=runs/fit sdf+mesh=runs/fit-mesh
@@ -21,6 +22,8 @@ from PIL import Image, ImageDraw
 
 from dreamfusion.evaluation.runs import asset_views, world_scene
 from dreamfusion.fields.analytic import SceneField
+from dreamfusion.fields.mesh import extract_mesh
+from dreamfusion.refine.render import mesh_views
 from dreamfusion.render.background import SolidBackground
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.lights import LightConfig
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("sources", nargs="+", help="LABEL=ROOT: a label and the folder holding its runs")
     parser.add_argument("--prompts", required=True, help="comma list of world captions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mesh", action="store_true", help="a row of each field's exported mesh too")
     args = parser.parse_args()
     if args.out.exists():
         sys.exit(f"error: {args.out} exists; pick another name")
@@ -76,9 +80,17 @@ def main() -> None:
             run = find_run(root, prompt, args.seed)
             config, checkpoint = read_run_config(run), load_latest(run)
             field = load_field(config, checkpoint, str(run))
+            refined = load_refined_mesh(checkpoint)
             with torch.no_grad():
-                renders = asset_views(field, load_refined_mesh(checkpoint), cameras)
+                renders = asset_views(field, refined, cameras)
             rows.append((label, strip(renders.textureless)))
+            if args.mesh and refined is None:
+                with torch.no_grad():
+                    mesh = extract_mesh(field).mesh
+                    vertices, faces = torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces)
+                    albedo = lambda points, f=field: f(points).albedo  # noqa: E731
+                    renders = mesh_views(vertices, faces, albedo, cameras, LightConfig())
+                rows.append((f"{label}: its mesh", strip(renders.textureless)))
     width = LABEL_WIDTH + rows[0][1].shape[1]
     sheet = Image.new("RGB", (width, SIZE * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)

@@ -6,8 +6,8 @@ R-Precision is computed on each (as `dreamfusion eval` does):
 - `analytic`: the field's own normals, the normalised density gradient (what training and eval use);
 - `fd`: central finite differences of the density over one texel of the field's grid, a smoothed gradient;
 - `fd x4`: the same over four texels;
-- `mesh`: no volume rendering at all: the surface export writes (`fields.mesh.extract_mesh`), rasterised
-  with the same cameras and shading (`refine.render.mesh_views`), the field giving only its colour;
+- `mesh`: no volume rendering at all: the surface export writes, rasterised with the same cameras and
+  shading (`evaluation.runs.field_mesh_views`), the field giving only its colour;
 - `analytic @ N` (with `--samples N,...`): the field's own normals with N samples per ray instead of eval's
   256, to see whether the volume renders have converged (a sharp surface sampled at fixed positions shows
   contour rings, wood grain, where the sample spacing is coarser than the surface).
@@ -41,14 +41,13 @@ from dreamfusion.evaluation.geometry import load_run_field
 from dreamfusion.evaluation.runs import (
     JUDGE,
     EvalConfig,
+    field_mesh_views,
     load_image_text_model,
     rprecision_scores,
     world_scene,
 )
 from dreamfusion.evaluation.suite import evaluation_suite
 from dreamfusion.fields.base import Field, FieldOutput
-from dreamfusion.fields.mesh import extract_mesh
-from dreamfusion.refine.render import mesh_views
 from dreamfusion.render.background import SolidBackground
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.lights import LightConfig
@@ -113,10 +112,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.no_grad():
                 if variant is None:
-                    mesh = extract_mesh(field).mesh
-                    vertices, faces = torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces)
-                    albedo = lambda points, f=field: f(points).albedo  # noqa: E731
-                    renders = mesh_views(vertices, faces, albedo, cameras, LightConfig())
+                    renders = field_mesh_views(field, cameras)
                 else:
                     grid = OccupancyGrid.of_field(variant)
                     renders = render_views(variant, SolidBackground(), cameras, sampling, LightConfig(), grid)

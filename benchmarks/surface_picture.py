@@ -20,10 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from dreamfusion.evaluation.runs import asset_views, world_scene
+from dreamfusion.evaluation.runs import asset_views, field_mesh_views, world_scene
 from dreamfusion.fields.analytic import SceneField
-from dreamfusion.fields.mesh import extract_mesh
-from dreamfusion.refine.render import mesh_views
 from dreamfusion.render.background import SolidBackground
 from dreamfusion.render.cameras import orbit_cameras
 from dreamfusion.render.lights import LightConfig
@@ -85,11 +83,7 @@ def main() -> None:
                 renders = asset_views(field, refined, cameras)
             rows.append((label, strip(renders.textureless)))
             if args.mesh and refined is None:
-                with torch.no_grad():
-                    mesh = extract_mesh(field).mesh
-                    vertices, faces = torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces)
-                    albedo = lambda points, f=field: f(points).albedo  # noqa: E731
-                    renders = mesh_views(vertices, faces, albedo, cameras, LightConfig())
+                renders = field_mesh_views(field, cameras)
                 rows.append((f"{label}: its mesh", strip(renders.textureless)))
     width = LABEL_WIDTH + rows[0][1].shape[1]
     sheet = Image.new("RGB", (width, SIZE * len(rows)), "white")

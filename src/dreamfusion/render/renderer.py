@@ -14,7 +14,7 @@ from dreamfusion.fields.base import Field
 from dreamfusion.render.cameras import Cameras
 from dreamfusion.render.lights import LightConfig
 from dreamfusion.render.rays import camera_rays
-from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig, stratified_samples
+from dreamfusion.render.sampling import OccupancyGrid, SamplingConfig, occupied_samples, stratified_samples
 from dreamfusion.render.shading import shade
 from dreamfusion.render.volume_rendering import composite, compositing_weights
 
@@ -67,7 +67,8 @@ def render(
     """Render B images. background maps ray directions (B, H, W, 3) to colours (B, H, W, 3);
     lights: (B, 3) positions; modes: (B,) ShadingMode.
 
-    Samples in cells the occupancy grid marks empty are never evaluated: they have zero density.
+    Samples in cells the occupancy grid marks empty are never evaluated: they have zero density. With
+    `sampling.placement=occupied` (and a grid) the samples are placed in the occupied cells only.
     `generator` jitters the samples (training); None renders deterministically (validation, video).
     `shard`: these B images are one process's share of a larger batch (dreamfusion.distributed).
     """
@@ -75,7 +76,10 @@ def render(
     device = cameras.c2w.device
     rays = camera_rays(cameras)
     background_image = background(rays.directions)
-    samples = stratified_samples(rays, field.bound, settings.sampling, generator, shard)
+    if settings.sampling.placement == "occupied" and occupancy is not None:
+        samples = occupied_samples(rays, field.bound, settings.sampling, occupancy, generator, shard)
+    else:
+        samples = stratified_samples(rays, field.bound, settings.sampling, generator, shard)
     r, s = samples.deltas.shape
     flat_points = samples.points.reshape(-1, 3)
     active = samples.deltas.reshape(-1) > 0

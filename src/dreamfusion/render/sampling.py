@@ -32,10 +32,16 @@ class SamplingConfig:
     occupancy_update_every: int = 16  # steps between refreshes of the grid
     occupancy_decay: float = 0.95  # running maximum forgets this fast, so cells can empty again
     occupancy_threshold: float = 0.01  # a cell is empty if one sample step there is more transparent
+    # "uniform": the samples span the ray's whole chord of the bounding sphere, and those in empty cells are
+    # skipped. "occupied": they span only the ray's occupied cells (`occupied_samples`), so as many samples
+    # land closer together on the object. Not in the paper; needs the occupancy grid.
+    placement: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.samples_per_ray < 2:
             raise ValueError("samples_per_ray must be at least 2")
+        if self.placement not in ("uniform", "occupied"):
+            raise ValueError(f"sampling.placement must be 'uniform' or 'occupied', got {self.placement!r}")
         if self.occupancy_resolution < 0 or self.occupancy_update_every < 1:
             raise ValueError("occupancy_resolution must be >= 0 and occupancy_update_every >= 1")
 
@@ -62,17 +68,61 @@ def stratified_samples(
     near, far, hit = sphere_intersection(origins, directions, bound)
     near = near.clamp_min(config.near)
     length = torch.where(hit, (far - near).clamp_min(0.0), torch.zeros_like(far))
-    s = config.samples_per_ray
-    if generator is None:
-        offsets = torch.full((origins.shape[0], s), 0.5, device=origins.device)
-    elif shard is not None:
-        offsets = shard.rand((origins.shape[0], s), generator).to(origins.device)
-    else:
-        offsets = torch.rand(origins.shape[0], s, generator=generator).to(origins.device)
-    steps = (torch.arange(s, device=origins.device) + offsets) / s  # (R, S) in [0, 1)
+    steps = _strata(origins.shape[0], config.samples_per_ray, origins.device, generator, shard)
     distances = near[:, None] + steps * length[:, None]
     points = origins[:, None, :] + distances[..., None] * directions[:, None, :]
-    deltas = (length / s)[:, None].expand(-1, s)
+    deltas = (length / config.samples_per_ray)[:, None].expand(-1, config.samples_per_ray)
+    return RaySamples(points=points, distances=distances, deltas=deltas)
+
+
+def _strata(rays: int, s: int, device, generator: torch.Generator | None, shard: Shard | None) -> Tensor:
+    """(R, S) positions in [0, 1), one per stratum: jittered by `generator` (from `shard`'s rows of the
+    whole batch's draws), or each at its stratum's centre when `generator` is None."""
+    if generator is None:
+        offsets = torch.full((rays, s), 0.5, device=device)
+    elif shard is not None:
+        offsets = shard.rand((rays, s), generator).to(device)
+    else:
+        offsets = torch.rand(rays, s, generator=generator).to(device)
+    return (torch.arange(s, device=device) + offsets) / s
+
+
+def occupied_samples(
+    rays: Rays,
+    bound: float,
+    config: SamplingConfig,
+    occupancy: OccupancyGrid,
+    generator: torch.Generator | None,
+    shard: Shard | None = None,
+) -> RaySamples:
+    """S stratified samples per ray spread over only the parts of its chord that lie in occupied cells, each
+    standing for 1/S of that occupied length (`sampling.placement=occupied`).
+
+    Empty cells have zero density in the render either way, so the quadrature is the same sum with a finer
+    step where the object is: at 48 samples a chord of the bounding sphere is sampled every ~0.06, coarser
+    than a sharp surface, while the occupied part of a ray through an object is typically a third to a half
+    of it. Where a ray is occupied is found by looking the grid up at 4 points per cell along the chord; a
+    ray with no occupied point gets zero-length samples (it shows the background)."""
+    origins = rays.origins.reshape(-1, 3)
+    directions = rays.directions.reshape(-1, 3)
+    near, far, hit = sphere_intersection(origins, directions, bound)
+    near = near.clamp_min(config.near)
+    length = torch.where(hit, (far - near).clamp_min(0.0), torch.zeros_like(far))
+    r, s, m = origins.shape[0], config.samples_per_ray, 4 * occupancy.resolution
+    # m probes at the centres of m equal pieces of each chord; a piece counts as occupied if its probe is
+    piece = length / m  # (R,)
+    probes = near[:, None] + (torch.arange(m, device=origins.device) + 0.5) * piece[:, None]
+    probe_points = origins[:, None, :] + probes[..., None] * directions[:, None, :]
+    occupied = occupancy.lookup(probe_points.reshape(-1, 3)).view(r, m)
+    occupied_length = occupied.sum(-1) * piece  # (R,)
+    ends = torch.cumsum(occupied.float(), -1)  # occupied pieces up to and including each piece
+    # the k-th sample's position along the occupied length, in pieces, and the piece that holds it
+    along = _strata(r, s, origins.device, generator, shard) * ends[:, -1:]
+    index = torch.searchsorted(ends, along, right=True).clamp_max(m - 1)
+    before = torch.gather(ends, 1, index) - 1.0  # occupied pieces before the one holding the sample
+    distances = near[:, None] + (index + (along - before)) * piece[:, None]
+    points = origins[:, None, :] + distances[..., None] * directions[:, None, :]
+    deltas = (occupied_length / s)[:, None].expand(-1, s)
     return RaySamples(points=points, distances=distances, deltas=deltas)
 
 

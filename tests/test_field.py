@@ -341,6 +341,21 @@ def test_sdf_field_starts_as_a_sphere_of_the_blob_radius_with_a_zero_eikonal_ter
     assert field.beta().item() == pytest.approx(field.config.sdf.beta_init)
 
 
+def test_sdf_density_scale_multiplies_density_not_the_surface_or_its_normals():
+    base = make_field("sdf")
+    roughen(base)
+    config = dataclasses.replace(base.config, sdf=dataclasses.replace(base.config.sdf, density_scale=4.0))
+    scaled = SdfTriplaneField(config)
+    scaled.load_state_dict(base.state_dict())
+    points = ball_points(200, base.bound)
+    a, b = base(points, with_normals=True), scaled(points, with_normals=True)
+    torch.testing.assert_close(b.density, 4.0 * a.density)
+    torch.testing.assert_close(b.normals, a.normals)
+    torch.testing.assert_close(scaled.density(points), 4.0 * base.density(points))
+    with pytest.raises(ValueError, match="density_scale"):
+        SdfConfig(density_scale=0.0)
+
+
 def test_hashgrid_table_init_range():
     table = make_field("hashgrid").table
     assert table.abs().max() <= 1e-4 and table.std() > 1e-5

@@ -42,9 +42,14 @@ class SdfConfig:
     beta_min: float = 0.005
     # 1 / 0.025 = 40 inside: denser than eval's fixed level (32), i.e. a surface sharp at 1/128 of the box
     beta_max: float = 0.025
+    # VolSDF's alpha in units of 1 / beta: density inside is density_scale / beta. Above 1, a wall is opaque
+    # at a thickness the render can sample, without a surface sharper than the samples' spacing.
+    density_scale: float = 1.0
 
     def __post_init__(self) -> None:
         TriplaneConfig(self.resolution, self.channels, self.init_std)  # the same checks
+        if self.density_scale <= 0:
+            raise ValueError(f"density_scale must be > 0, got {self.density_scale}")
         if not 0 < self.beta_min < self.beta_init < self.beta_max:
             raise ValueError(
                 "need 0 < beta_min < beta_init < beta_max, got "
@@ -89,7 +94,7 @@ class SdfTriplaneField(TriplaneField):
 
     def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
         out, gradient = self.signed_distance(points, with_normals)
-        density = laplace_density(out[:, 0], self.beta())
+        density = laplace_density(out[:, 0], self.beta()) * self.config.sdf.density_scale
         albedo = torch.sigmoid(out[:, 1:])
         if gradient is None:
             return FieldOutput(density=density, albedo=albedo, normals=None)
@@ -103,4 +108,4 @@ class SdfTriplaneField(TriplaneField):
 
     def density(self, points: Tensor) -> Tensor:
         out, _ = self.signed_distance(points)
-        return laplace_density(out[:, 0], self.beta())
+        return laplace_density(out[:, 0], self.beta()) * self.config.sdf.density_scale

@@ -63,16 +63,22 @@ def stratified_samples(
     """S samples per ray between the sphere entry and exit, one uniformly jittered sample per segment
     (`generator` None puts each sample at its segment's centre, for deterministic renders; with a `shard` the
     jitter is this process's rows of the whole batch's, see dreamfusion.distributed)."""
-    origins = rays.origins.reshape(-1, 3)
-    directions = rays.directions.reshape(-1, 3)
-    near, far, hit = sphere_intersection(origins, directions, bound)
-    near = near.clamp_min(config.near)
-    length = torch.where(hit, (far - near).clamp_min(0.0), torch.zeros_like(far))
+    origins, directions, near, length = _chords(rays, bound, config)
     steps = _strata(origins.shape[0], config.samples_per_ray, origins.device, generator, shard)
     distances = near[:, None] + steps * length[:, None]
     points = origins[:, None, :] + distances[..., None] * directions[:, None, :]
     deltas = (length / config.samples_per_ray)[:, None].expand(-1, config.samples_per_ray)
     return RaySamples(points=points, distances=distances, deltas=deltas)
+
+
+def _chords(rays: Rays, bound: float, config: SamplingConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Flattened origins and directions (R, 3), and where each ray enters the bounding sphere (no closer
+    than `config.near`) and the length it runs inside (R,), 0 for rays that miss."""
+    origins = rays.origins.reshape(-1, 3)
+    directions = rays.directions.reshape(-1, 3)
+    near, far, hit = sphere_intersection(origins, directions, bound)
+    near = near.clamp_min(config.near)
+    return origins, directions, near, torch.where(hit, (far - near).clamp_min(0.0), torch.zeros_like(far))
 
 
 def _strata(rays: int, s: int, device, generator: torch.Generator | None, shard: Shard | None) -> Tensor:
@@ -103,11 +109,7 @@ def occupied_samples(
     than a sharp surface, while the occupied part of a ray through an object is typically a third to a half
     of it. Where a ray is occupied is found by looking the grid up at 4 points per cell along the chord; a
     ray with no occupied point gets zero-length samples (it shows the background)."""
-    origins = rays.origins.reshape(-1, 3)
-    directions = rays.directions.reshape(-1, 3)
-    near, far, hit = sphere_intersection(origins, directions, bound)
-    near = near.clamp_min(config.near)
-    length = torch.where(hit, (far - near).clamp_min(0.0), torch.zeros_like(far))
+    origins, directions, near, length = _chords(rays, bound, config)
     r, s, m = origins.shape[0], config.samples_per_ray, 4 * occupancy.resolution
     # m probes at the centres of m equal pieces of each chord; a piece counts as occupied if its probe is
     piece = length / m  # (R,)

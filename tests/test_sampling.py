@@ -97,3 +97,5 @@ def test_occupied_placement_converges_with_fewer_samples():
 def test_an_unknown_placement_is_refused():
     with pytest.raises(ValueError, match="placement"):
         SamplingConfig(placement="importance")
+    with pytest.raises(ValueError, match="occupancy grid"):
+        SamplingConfig(placement="occupied", occupancy_resolution=0)

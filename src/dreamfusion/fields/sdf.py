@@ -40,7 +40,8 @@ class SdfConfig:
     init_std: float = 0.1
     beta_init: float = 0.02  # world units over which density falls off, at the start
     beta_min: float = 0.005
-    # 1 / 0.025 = 40 inside: denser than eval's fixed level (32), i.e. a surface sharp at 1/128 of the box
+    # 1 / 0.025 = 40 inside (times density_scale): denser than eval's fixed level (32), i.e. a surface
+    # sharp at 1/128 of the box
     beta_max: float = 0.025
     # VolSDF's alpha in units of 1 / beta: density inside is density_scale / beta. Above 1, a wall is opaque
     # at a thickness the render can sample, without a surface sharper than the samples' spacing.
@@ -94,7 +95,7 @@ class SdfTriplaneField(TriplaneField):
 
     def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
         out, gradient = self.signed_distance(points, with_normals)
-        density = laplace_density(out[:, 0], self.beta()) * self.config.sdf.density_scale
+        density = self.density_of(out[:, 0])
         albedo = torch.sigmoid(out[:, 1:])
         if gradient is None:
             return FieldOutput(density=density, albedo=albedo, normals=None)
@@ -108,4 +109,8 @@ class SdfTriplaneField(TriplaneField):
 
     def density(self, points: Tensor) -> Tensor:
         out, _ = self.signed_distance(points)
-        return laplace_density(out[:, 0], self.beta()) * self.config.sdf.density_scale
+        return self.density_of(out[:, 0])
+
+    def density_of(self, sdf: Tensor) -> Tensor:
+        """Density at signed distances `sdf`: `laplace_density` times `field.sdf.density_scale`."""
+        return laplace_density(sdf, self.beta()) * self.config.sdf.density_scale

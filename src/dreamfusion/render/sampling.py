@@ -44,6 +44,8 @@ class SamplingConfig:
             raise ValueError(f"sampling.placement must be 'uniform' or 'occupied', got {self.placement!r}")
         if self.occupancy_resolution < 0 or self.occupancy_update_every < 1:
             raise ValueError("occupancy_resolution must be >= 0 and occupancy_update_every >= 1")
+        if self.placement == "occupied" and self.occupancy_resolution == 0:
+            raise ValueError("sampling.placement=occupied needs the occupancy grid (occupancy_resolution>0)")
 
 
 @dataclass(frozen=True)

@@ -356,6 +356,30 @@ def test_sdf_density_scale_multiplies_density_not_the_surface_or_its_normals():
         SdfConfig(density_scale=0.0)
 
 
+def test_sdf_beta_annealing_lowers_the_cap_geometrically_and_checkpoints_keep_it():
+    base = make_field("sdf")
+    config = dataclasses.replace(base.config, sdf=dataclasses.replace(base.config.sdf, beta_max_end=0.008))
+    field = SdfTriplaneField(config)
+    sdf = config.sdf
+    field.anneal(0.0)
+    assert field.beta_cap.item() == pytest.approx(sdf.beta_max)
+    field.anneal(0.5)
+    assert field.beta_cap.item() == pytest.approx((sdf.beta_max * 0.008) ** 0.5)
+    field.anneal(1.0)
+    assert field.beta_cap.item() == pytest.approx(0.008)
+    assert sdf.beta_min < field.beta().item() < 0.008
+    restored = SdfTriplaneField(config)
+    restored.load_state_dict(field.state_dict())
+    assert restored.beta().item() == pytest.approx(field.beta().item())
+    # without beta_max_end the cap stays; a checkpoint from before the cap existed loads with beta_max
+    base.anneal(1.0)
+    assert base.beta_cap.item() == pytest.approx(sdf.beta_max)
+    old = {k: v for k, v in base.state_dict().items() if k != "beta_cap"}
+    SdfTriplaneField(config).load_state_dict(old)
+    with pytest.raises(ValueError, match="beta_max_end"):
+        SdfConfig(beta_max_end=0.003)
+
+
 def test_hashgrid_table_init_range():
     table = make_field("hashgrid").table
     assert table.abs().max() <= 1e-4 and table.std() > 1e-5

@@ -115,3 +115,16 @@ def test_a_run_that_keeps_diverging_stops_with_one_line_and_keeps_its_last_check
     saved = load_latest(tmp_path / "run").modules["field"]
     for name, value in trainer.field.state_dict().items():
         assert torch.isfinite(saved[name]).all() and torch.equal(saved[name], value), name
+
+
+def test_the_trainer_anneals_the_sdf_beta_cap_and_the_checkpoint_keeps_it(tmp_path):
+    config = target_config("sphere", 8, 16, "field.kind=sdf", "field.sdf.beta_max_end=0.008")
+    trainer = make_trainer(config, tmp_path / "run")
+    assert trainer.train(progress=False, handle_sigint=False)
+    beta_max = config.field.sdf.beta_max
+    # the last step trained with 7/8 of the schedule done
+    expected = beta_max * (0.008 / beta_max) ** (7 / 8)
+    assert trainer.field.beta_cap.item() == pytest.approx(expected, rel=1e-5)
+    again = make_trainer(config, tmp_path / "run")
+    again.restore(load_latest(tmp_path / "run"))
+    assert again.field.beta_cap.item() == pytest.approx(expected, rel=1e-5)

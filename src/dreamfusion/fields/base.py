@@ -65,6 +65,10 @@ class Field(nn.Module):
         it), or None when the field has none to offer."""
         return None
 
+    def anneal(self, done: float) -> None:
+        """Called by the trainer before every step with the share of the NeRF steps done (0 .. 1), for a
+        field whose settings follow a schedule. Most have none."""
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by learning-rate group: "grid" (feature planes, hash tables) and "mlp"."""
         return {"grid": [], "mlp": list(self.parameters())}

@@ -43,6 +43,9 @@ class SdfConfig:
     # 1 / 0.025 = 40 inside (times density_scale): denser than eval's fixed level (32), i.e. a surface
     # sharp at 1/128 of the box
     beta_max: float = 0.025
+    # Annealing (NeuS's idea, here as a cap): when set, beta's maximum falls from beta_max to this over the
+    # NeRF steps, geometrically, so the surface sharpens once the shape has formed.
+    beta_max_end: float | None = None
     # VolSDF's alpha in units of 1 / beta: density inside is density_scale / beta. Above 1, a wall is opaque
     # at a thickness the render can sample, without a surface sharper than the samples' spacing.
     density_scale: float = 1.0
@@ -55,6 +58,11 @@ class SdfConfig:
             raise ValueError(
                 "need 0 < beta_min < beta_init < beta_max, got "
                 f"{self.beta_min}, {self.beta_init} and {self.beta_max}"
+            )
+        if self.beta_max_end is not None and not self.beta_min < self.beta_max_end <= self.beta_max:
+            raise ValueError(
+                f"need beta_min < beta_max_end <= beta_max, got {self.beta_min}, {self.beta_max_end} and "
+                f"{self.beta_max}"
             )
 
     def build(self, config: FieldConfig, generator: torch.Generator | None) -> Field:
@@ -76,10 +84,23 @@ class SdfTriplaneField(TriplaneField):
             self.out.bias[0] = 0.0  # the initial surface is the sphere, shifted only by the planes' noise
         share = (sdf.beta_init - sdf.beta_min) / (sdf.beta_max - sdf.beta_min)
         self.beta_logit = nn.Parameter(torch.tensor(math.log(share / (1 - share))))
+        # beta's current maximum: a buffer, so a checkpoint keeps the sharpness its run had reached
+        self.register_buffer("beta_cap", torch.tensor(float(sdf.beta_max)))
 
     def beta(self) -> Tensor:
+        low = self.config.sdf.beta_min
+        return low + (self.beta_cap - low) * torch.sigmoid(self.beta_logit)
+
+    def anneal(self, done: float) -> None:
         sdf = self.config.sdf
-        return sdf.beta_min + (sdf.beta_max - sdf.beta_min) * torch.sigmoid(self.beta_logit)
+        if sdf.beta_max_end is not None:
+            done = min(max(done, 0.0), 1.0)
+            self.beta_cap.fill_(sdf.beta_max * (sdf.beta_max_end / sdf.beta_max) ** done)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before beta_cap existed had the fixed cap beta_max
+        state_dict.setdefault(prefix + "beta_cap", torch.tensor(float(self.config.sdf.beta_max)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def signed_distance(self, points: Tensor, with_gradient: bool = False) -> tuple[Tensor, Tensor | None]:
         out, d_out = self.head(points, with_gradient)

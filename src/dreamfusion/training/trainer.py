@@ -130,6 +130,7 @@ class Trainer:
     def train_step(self) -> StepMetrics:
         cfg, step, rng = self.config, self.step, self.scene_rng
         started = time.perf_counter()
+        self.field.anneal(step / max(cfg.train.steps, 1))
         if self.occupancy is not None and step % cfg.sampling.occupancy_update_every == 0:
             self.update_occupancy()
 

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from dreamfusion.training.losses import opacity_loss, orientation_loss
+from dreamfusion.training.losses import normal_smoothness_loss, opacity_loss, orientation_loss
 
 
 def test_orientation_loss_penalises_only_back_facing_normals():
@@ -43,3 +43,12 @@ def test_distortion_loss_equals_its_double_sum_and_prefers_gathered_weights():
     gathered = torch.zeros(1, 12).index_fill(1, torch.tensor([5]), 1.0)
     t, d = torch.linspace(0, 3, 12)[None], torch.full((1, 12), 0.25)
     assert distortion_loss(gathered, t, d) < 0.2 * distortion_loss(spread, t, d)
+
+
+def test_normal_smoothness_is_the_weighted_mean_change_of_the_normals():
+    normals = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    neighbours = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # the first turned 90 deg: |dn|^2 = 2
+    weights = torch.tensor([1.0, 3.0])
+    assert float(normal_smoothness_loss(normals, neighbours, weights)) == 0.5
+    assert float(normal_smoothness_loss(normals, normals, weights)) == 0.0
+    assert float(normal_smoothness_loss(normals[:0], neighbours[:0], weights[:0])) == 0.0

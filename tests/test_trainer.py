@@ -128,3 +128,48 @@ def test_the_trainer_anneals_the_sdf_beta_cap_and_the_checkpoint_keeps_it(tmp_pa
     again = make_trainer(config, tmp_path / "run")
     again.restore(load_latest(tmp_path / "run"))
     assert again.field.beta_cap.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _one_view(trainer):
+    from dreamfusion.render.cameras import orbit_cameras
+    from dreamfusion.render.renderer import RenderSettings, render
+    from dreamfusion.render.shading import ShadingMode
+
+    cameras = orbit_cameras(1, 24)
+    settings = RenderSettings.of(trainer.config.sampling, trainer.config.light, True)
+    modes = torch.full((1,), int(ShadingMode.TEXTURELESS))
+    out = render(
+        trainer.field,
+        cameras,
+        settings,
+        background=lambda d: torch.ones_like(d),
+        lights=cameras.position,
+        modes=modes,
+    )
+    return out, cameras
+
+
+def test_normal_smoothness_is_small_on_a_sphere_and_training_on_it_smooths_a_rough_field(tmp_path):
+    config = target_config(
+        "sphere", 8, 16, "field.kind=sdf", "field.sdf.init_std=0.5", "loss.normal_smoothness_weight=1"
+    )
+    trainer = make_trainer(config, tmp_path / "run")
+    rng = torch.Generator().manual_seed(0)
+    out, cameras = _one_view(trainer)
+    rough = trainer.normal_smoothness(out, cameras, rng)
+    sphere = make_trainer(config, tmp_path / "sphere")
+    sphere.field = AnalyticField("sphere")
+    out_sphere, _ = _one_view(sphere)
+    # a unit sphere's normals turn by 0.02 / radius over the offset
+    assert float(sphere.normal_smoothness(out_sphere, cameras, rng).detach()) < 0.01 < float(rough.detach())
+
+    optimizer = torch.optim.Adam(trainer.field.parameters(), lr=3e-2)
+    for _ in range(30):
+        out, _ = _one_view(trainer)
+        optimizer.zero_grad()
+        trainer.normal_smoothness(out, cameras, rng).backward()
+        optimizer.step()
+    out, _ = _one_view(trainer)
+    assert float(trainer.normal_smoothness(out, cameras, rng).detach()) < 0.5 * float(rough.detach())
+    # and the term trains with the rest
+    assert trainer.train(progress=False, handle_sigint=False)

@@ -23,11 +23,19 @@ class LossConfig:
     # Not in the paper (0 there): Mip-NeRF 360's distortion loss, which gathers each ray's weights into as
     # short a stretch as it can, so that a surface is a surface and not a cloud.
     distortion_weight: float = 0.0
+    # Not in the paper (0 there): UNISURF's normal smoothness (Oechsle et al. 2021), |n(x) - n(x + e)|^2 at
+    # each ray's expected surface point x, with e a random offset of length normal_smoothness_radius (world
+    # units; a triplane texel of the default field is 2.8 / 64 = 0.044).
+    normal_smoothness_weight: float = 0.0
+    normal_smoothness_radius: float = 0.02
 
     def __post_init__(self) -> None:
         weights = (self.orientation_weight, self.orientation_weight_start, self.opacity_weight)
-        if min(*weights, self.smoothness_weight, self.eikonal_weight, self.distortion_weight) < 0:
+        others = (self.smoothness_weight, self.eikonal_weight, self.distortion_weight)
+        if min(*weights, *others, self.normal_smoothness_weight) < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.normal_smoothness_radius <= 0:
+            raise ValueError(f"normal_smoothness_radius must be > 0, got {self.normal_smoothness_radius}")
 
 
 def orientation_loss(weights: Tensor, sample_normals: Tensor, directions: Tensor) -> Tensor:
@@ -56,3 +64,10 @@ def distortion_loss(weights: Tensor, distances: Tensor, deltas: Tensor) -> Tenso
     weighted_before = (weights * distances).cumsum(-1) - weights * distances
     spread = 2.0 * (weights * (distances * before - weighted_before)).sum(-1)
     return (spread + (weights.square() * deltas).sum(-1) / 3.0).mean()
+
+
+def normal_smoothness_loss(normals: Tensor, neighbour_normals: Tensor, weights: Tensor) -> Tensor:
+    """sum_i w_i |n_i - n'_i|^2 / sum_i w_i: how much the normals (N, 3) change to their neighbours' (N, 3),
+    weighted by (N,) `weights` (UNISURF, Oechsle et al. 2021, eq. 9). Zero when there are no points."""
+    change = (normals - neighbour_normals).square().sum(-1)
+    return (weights * change).sum() / weights.sum().clamp_min(1e-6)

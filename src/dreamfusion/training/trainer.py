@@ -38,15 +38,20 @@ from dreamfusion.guidance.embeddings import PromptEmbeddings
 from dreamfusion.refine.render import mesh_views, render_mesh
 from dreamfusion.refine.stage import RefinedMesh
 from dreamfusion.render.background import build_background
-from dreamfusion.render.cameras import orbit_cameras, sample_cameras
+from dreamfusion.render.cameras import Cameras, orbit_cameras, sample_cameras
 from dreamfusion.render.lights import sample_point_lights
-from dreamfusion.render.renderer import RenderSettings, render
+from dreamfusion.render.renderer import RenderOutput, RenderSettings, render
 from dreamfusion.render.sampling import OccupancyGrid
 from dreamfusion.render.shading import ShadingMode, choose_shading
 from dreamfusion.render.views import grid_image, render_views, save_png_atomic
 from dreamfusion.run.config import CHECKPOINT_FORMAT, Config, load_refined_mesh, render_resolution
 from dreamfusion.run.log import append_record, last_record, prune_checkpoints, truncate_records
-from dreamfusion.training.losses import distortion_loss, opacity_loss, orientation_loss
+from dreamfusion.training.losses import (
+    distortion_loss,
+    normal_smoothness_loss,
+    opacity_loss,
+    orientation_loss,
+)
 from dreamfusion.training.schedules import LinearRamp, WarmupCosine
 
 
@@ -183,6 +188,8 @@ class Trainer:
             extras.append(
                 (cfg.loss.distortion_weight, distortion_loss(out.weights, out.distances, out.deltas))
             )
+        if cfg.loss.normal_smoothness_weight > 0:
+            extras.append((cfg.loss.normal_smoothness_weight, self.normal_smoothness(out, cameras, rng)))
         for weight, term in extras:
             total = total + weight * term
 
@@ -223,6 +230,27 @@ class Trainer:
             seconds=time.perf_counter() - started,
             skipped=self.skipped_steps,
         )
+
+    def normal_smoothness(self, out: RenderOutput, cameras: Cameras, rng: torch.Generator) -> torch.Tensor:
+        """`loss.normal_smoothness_weight`'s term at each ray's expected surface point (its depth), over the
+        rays at least half opaque, weighted by their opacity. The points are fixed: the term shapes the
+        normals around the surface, not where the surface is."""
+        radius = self.config.loss.normal_smoothness_radius
+        shape = (out.depth.numel(), 3)
+        # a draw of the same size in every process (the whole batch's, sliced), so the rng stays in step
+        shard = self.shard
+        draw = shard.randn(shape, rng, torch.float32) if shard else torch.randn(shape, generator=rng)
+        offsets = torch.nn.functional.normalize(draw.to(out.depth.device), dim=-1) * radius
+        with torch.no_grad():
+            origins = cameras.position.view(-1, 1, 1, 3)
+            points = (origins + out.depth[..., None] * out.directions).reshape(-1, 3)
+            weights = out.opacity.reshape(-1)
+            keep = (weights > 0.5).nonzero().squeeze(-1)
+        if keep.numel() == 0:
+            return out.depth.new_zeros(())
+        normals = self.field(points[keep], with_normals=True).normals
+        neighbours = self.field(points[keep] + offsets[keep], with_normals=True).normals
+        return normal_smoothness_loss(normals, neighbours, weights[keep])
 
     # -- the mesh stage ---------------------------------------------------------------------------------
     def start_mesh_stage(self) -> None:

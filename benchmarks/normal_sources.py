@@ -56,7 +56,8 @@ from dreamfusion.render.views import render_views
 
 
 class FiniteDifferenceNormals(Field):
-    """`field` with its normals replaced by central differences of its density, `step` world units apart."""
+    """`field` with its normals replaced by central differences of its density (of its signed distance, for an
+    SDF field), `step` world units apart."""
 
     def __init__(self, field: Field, step: float):
         super().__init__()
@@ -71,7 +72,12 @@ class FiniteDifferenceNormals(Field):
             return out
         offsets = torch.eye(3, dtype=points.dtype, device=points.device) * (self.step / 2)
         shifted = torch.cat([points + offsets[a] for a in range(3)] + [points - offsets[a] for a in range(3)])
-        density = self.inner.density(shifted).view(2, 3, -1)
+        if hasattr(self.inner, "signed_distance"):
+            # an SDF field: differences of the distance, which is smooth; its density saturates within a
+            # few beta of the surface, far less than a texel once beta has sharpened
+            density = -self.inner.signed_distance(shifted)[0][:, 0].view(2, 3, -1)
+        else:
+            density = self.inner.density(shifted).view(2, 3, -1)
         gradient = (density[0] - density[1]).T  # (N, 3), up to the factor 1 / step
         return FieldOutput(out.density, out.albedo, -F.normalize(gradient, dim=-1, eps=1e-12))
 

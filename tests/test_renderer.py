@@ -50,3 +50,30 @@ def test_normals_face_the_camera_and_textureless_is_grey():
     centre = out.image[0, 16, 16]
     assert torch.allclose(centre, centre.mean().expand(3), atol=1e-5) and centre.mean() > 0.9
     assert abs(float(out.depth[0, 16, 16]) - 1.0) < 0.03  # the surface is 1.5 - 0.5 from the camera
+
+
+class UpNormals(AnalyticField):
+    """A sphere whose shading normals all point up (+Z), recording the points it was asked about."""
+
+    def __init__(self):
+        super().__init__("sphere")
+        self.asked = 0
+
+    def shading_normals(self, points):
+        self.asked += points.shape[0]
+        return torch.tensor([0.0, 0.0, 1.0]).expand(points.shape[0], 3)
+
+
+def test_shading_normals_replace_the_forward_normals_only_where_samples_carry_weight():
+    cams = orbit_cameras(1, 32, elevation_deg=0.0, distance=1.5)
+    field = UpNormals()
+    out = _render(field, cams, mode=ShadingMode.TEXTURELESS, with_normals=True)
+    plain = _render(AnalyticField("sphere"), cams, mode=ShadingMode.TEXTURELESS, with_normals=True)
+    hit = out.opacity > 0.5
+    up = torch.tensor([0.0, 0.0, 1.0])
+    assert torch.allclose(out.normals[hit], up.expand(int(hit.sum()), 3), atol=1e-2)
+    assert not torch.allclose(plain.normals[hit], up.expand(int(hit.sum()), 3), atol=0.1)
+    # asked only about the samples that carry weight: a few per ray that hits, not all 128
+    weighty = int((plain.weights >= 1e-3).sum())
+    assert field.asked == weighty < 0.1 * plain.weights.numel()
+    torch.testing.assert_close(out.opacity, plain.opacity)

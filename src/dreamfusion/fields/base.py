@@ -65,6 +65,12 @@ class Field(nn.Module):
         it), or None when the field has none to offer."""
         return None
 
+    def shading_normals(self, points: Tensor) -> Tensor | None:
+        """(N, 3) normals to shade with at `points`, where they differ from `forward`'s (a smoothed
+        gradient), or None: then `forward`'s normals are the shading normals. The renderer asks for them only
+        at the samples that carry weight, so they may cost several evaluations per point."""
+        return None
+
     def anneal(self, done: float) -> None:
         """Called by the trainer before every step with the share of the NeRF steps done (0 .. 1), for a
         field whose settings follow a schedule. Most have none."""

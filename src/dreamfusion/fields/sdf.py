@@ -49,9 +49,11 @@ class SdfConfig:
     # VolSDF's alpha in units of 1 / beta: density inside is density_scale / beta. Above 1, a wall is opaque
     # at a thickness the render can sample, without a surface sharper than the samples' spacing.
     density_scale: float = 1.0
-    # Normals (and the eikonal term) from the analytic gradient of s (None), or from finite differences of
-    # s this many texels apart (Neuralangelo's numerical gradient, Li et al. 2023): bilinear planes have a
-    # gradient that jumps at every texel edge, which textureless renders show as grain.
+    # Shading normals from the analytic gradient of s (None), or from finite differences of s this many
+    # texels apart (Neuralangelo's numerical gradient, Li et al. 2023): bilinear planes have a gradient
+    # that jumps at every texel edge, which textureless renders show as grain. Four evaluations of s per
+    # point, so the renderer takes them only where samples carry weight; the eikonal term keeps the
+    # analytic gradient, at every sample.
     normal_texels: float | None = None
 
     def __post_init__(self) -> None:
@@ -135,11 +137,13 @@ class SdfTriplaneField(TriplaneField):
         values = self.signed_distance(shifted)[0][:, 0].view(4, -1)  # (4, N)
         return (values.T @ corners) / (4.0 * h)
 
+    def shading_normals(self, points: Tensor) -> Tensor | None:
+        if self.config.sdf.normal_texels is None:
+            return None
+        return F.normalize(self.numerical_gradient(points), dim=-1, eps=1e-12)
+
     def forward(self, points: Tensor, with_normals: bool = False) -> FieldOutput:
-        numerical = with_normals and self.config.sdf.normal_texels is not None
-        out, gradient = self.signed_distance(points, with_normals and not numerical)
-        if numerical:
-            gradient = self.numerical_gradient(points)
+        out, gradient = self.signed_distance(points, with_normals)
         density = self.density_of(out[:, 0])
         albedo = torch.sigmoid(out[:, 1:])
         if gradient is None:

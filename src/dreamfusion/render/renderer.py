@@ -87,27 +87,30 @@ def render(
         active = active & occupancy.lookup(flat_points)
     idx = active.nonzero().squeeze(-1)
     out = field(flat_points[idx], with_normals=settings.with_normals)
+    density = flat_points.new_zeros(r * s).index_put((idx,), out.density).view(r, s)
+    weights = compositing_weights(density, samples.deltas)
+    normals = out.normals
+    if normals is not None:
+        normals = _shading_normals(field, flat_points[idx], normals, weights.detach().reshape(-1)[idx])
 
     image_of_sample = idx // (h * w * s)
     colour = shade(
         out.albedo,
-        out.normals,
+        normals,
         flat_points[idx],
         lights.to(device)[image_of_sample],
         modes.to(device)[image_of_sample],
         settings.ambient,
         settings.diffuse,
     )
-    density = flat_points.new_zeros(r * s).index_put((idx,), out.density).view(r, s)
     colours = flat_points.new_zeros(r * s, 3).index_put((idx,), colour).view(r, s, 3)
-    weights = compositing_weights(density, samples.deltas)
     opacity = weights.sum(-1)
     rgb = composite(weights, colours) + (1.0 - opacity)[:, None] * background_image.reshape(-1, 3)
     depth = (weights * samples.distances).sum(-1) / opacity.clamp_min(1e-6)
 
-    sample_normals = normals = None
-    if out.normals is not None:
-        sample_normals = flat_points.new_zeros(r * s, 3).index_put((idx,), out.normals).view(r, s, 3)
+    sample_normals = None
+    if normals is not None:
+        sample_normals = flat_points.new_zeros(r * s, 3).index_put((idx,), normals).view(r, s, 3)
         normals = F.normalize(composite(weights, sample_normals), dim=-1, eps=1e-6)
         sample_normals = sample_normals.view(b, h, w, s, 3)
         normals = normals.view(b, h, w, 3)
@@ -124,3 +127,16 @@ def render(
         background=background_image,
         eikonal=None if out.eikonal is None or out.eikonal.numel() == 0 else out.eikonal.mean(),
     )
+
+
+# Samples of less weight than this keep the normals of the field's forward pass: together they move a pixel
+# by at most about samples x 1e-3.
+SHADING_NORMAL_WEIGHT = 1e-3
+
+
+def _shading_normals(field: Field, points: Tensor, normals: Tensor, weights: Tensor) -> Tensor:
+    """`normals` (N, 3), with the field's own shading normals (`Field.shading_normals`) at the samples whose
+    compositing weight (N,) is at least SHADING_NORMAL_WEIGHT, when the field has them."""
+    heavy = (weights >= SHADING_NORMAL_WEIGHT).nonzero().squeeze(-1)
+    smooth = field.shading_normals(points[heavy])
+    return normals if smooth is None else normals.index_put((heavy,), smooth.to(normals.dtype))

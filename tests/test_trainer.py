@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -173,3 +174,11 @@ def test_normal_smoothness_is_small_on_a_sphere_and_training_on_it_smooths_a_rou
     assert float(trainer.normal_smoothness(out, cameras, rng).detach()) < 0.5 * float(rough.detach())
     # and the term trains with the rest
     assert trainer.train(progress=False, handle_sigint=False)
+
+
+def test_an_sdf_run_with_numerical_shading_normals_trains(tmp_path):
+    config = target_config("sphere", 6, 16, "field.kind=sdf", "field.sdf.normal_texels=1")
+    trainer = make_trainer(config, tmp_path / "run")
+    assert trainer.train(progress=False, handle_sigint=False)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and all(math.isfinite(json.loads(line)["loss"]) for line in lines)

@@ -377,6 +377,7 @@ def test_sdf_beta_annealing_lowers_the_cap_geometrically_and_checkpoints_keep_it
     assert base.beta_cap.item() == pytest.approx(sdf.beta_max)
     old = {k: v for k, v in base.state_dict().items() if k != "beta_cap"}
     SdfTriplaneField(config).load_state_dict(old)
+    assert "beta_cap" not in old  # load_state_dict hands the hook a copy: the caller's dict is left as it was
     with pytest.raises(ValueError, match="beta_max_end"):
         SdfConfig(beta_max_end=0.003)
 

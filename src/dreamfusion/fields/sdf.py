@@ -110,7 +110,8 @@ class SdfTriplaneField(TriplaneField):
             self.beta_cap.fill_(sdf.beta_max * (sdf.beta_max_end / sdf.beta_max) ** done)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before beta_cap existed had the fixed cap beta_max
+        # checkpoints written before beta_cap existed had the fixed cap beta_max (`state_dict` is
+        # load_state_dict's own copy, so the caller's dict is left as it was)
         state_dict.setdefault(prefix + "beta_cap", torch.tensor(float(self.config.sdf.beta_max)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

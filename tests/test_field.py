@@ -394,7 +394,7 @@ def test_sdf_numerical_shading_normals_match_the_gradient_at_a_small_step_and_sm
             base.config, sdf=dataclasses.replace(base.config.sdf, normal_texels=texels)
         )
         field = SdfTriplaneField(config)
-        field.load_state_dict(base.state_dict())
+        field.load_state_dict({k: v for k, v in base.state_dict().items() if k != "normal_step"})
         return field
 
     # a hundredth of a texel: inside one cell the planes are bilinear, nearly linear at that scale (the few
@@ -424,6 +424,28 @@ def test_sdf_numerical_shading_normals_match_the_gradient_at_a_small_step_and_sm
     assert coarse.planes.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="normal_texels"):
         SdfConfig(normal_texels=0.0)
+
+
+def test_sdf_numerical_normal_step_anneals_coarse_to_fine_and_checkpoints_keep_it():
+    base = make_field("sdf")
+    sdf = dataclasses.replace(base.config.sdf, normal_texels=4.0, normal_texels_end=1.0)
+    field = SdfTriplaneField(dataclasses.replace(base.config, sdf=sdf))
+    assert field.normal_step.item() == 4.0
+    field.anneal(0.5)
+    assert field.normal_step.item() == pytest.approx(2.0)
+    field.anneal(1.0)
+    assert field.normal_step.item() == pytest.approx(1.0)
+    restored = SdfTriplaneField(field.config)
+    restored.load_state_dict(field.state_dict())
+    points = ball_points(50, 0.6)
+    torch.testing.assert_close(restored.shading_normals(points), field.shading_normals(points))
+    # a checkpoint from before the buffer existed loads with the configured start
+    old = {k: v for k, v in field.state_dict().items() if k != "normal_step"}
+    fresh = SdfTriplaneField(field.config)
+    fresh.load_state_dict(old)
+    assert fresh.normal_step.item() == 4.0
+    with pytest.raises(ValueError, match="normal_texels_end"):
+        SdfConfig(normal_texels_end=1.0)
 
 
 def test_hashgrid_table_init_range():

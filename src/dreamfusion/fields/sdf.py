@@ -55,11 +55,18 @@ class SdfConfig:
     # point, so the renderer takes them only where samples carry weight; the eikonal term keeps the
     # analytic gradient, at every sample.
     normal_texels: float | None = None
+    # When set (with normal_texels): the step falls geometrically from normal_texels to this over the NeRF
+    # steps, coarse to fine as in Neuralangelo (a wide step smooths, a narrow one keeps thin walls).
+    normal_texels_end: float | None = None
 
     def __post_init__(self) -> None:
         TriplaneConfig(self.resolution, self.channels, self.init_std)  # the same checks
         if self.normal_texels is not None and self.normal_texels <= 0:
             raise ValueError(f"normal_texels must be > 0, got {self.normal_texels}")
+        if self.normal_texels_end is not None and not (self.normal_texels and self.normal_texels_end > 0):
+            raise ValueError(
+                f"normal_texels_end needs normal_texels and must be > 0, got {self.normal_texels_end}"
+            )
         if self.density_scale <= 0:
             raise ValueError(f"density_scale must be > 0, got {self.density_scale}")
         if not 0 < self.beta_min < self.beta_init < self.beta_max:
@@ -98,6 +105,8 @@ class SdfTriplaneField(TriplaneField):
         self.beta_logit = nn.Parameter(torch.tensor(math.log(share / (1 - share))))
         # beta's current maximum: a buffer, so a checkpoint keeps the sharpness its run had reached
         self.register_buffer("beta_cap", torch.tensor(float(sdf.beta_max)))
+        # the numerical normals' current step in texels, a buffer for the same reason
+        self.register_buffer("normal_step", torch.tensor(float(sdf.normal_texels or 0.0)))
 
     def beta(self) -> Tensor:
         low = self.config.sdf.beta_min
@@ -108,11 +117,16 @@ class SdfTriplaneField(TriplaneField):
         if sdf.beta_max_end is not None:
             done = min(max(done, 0.0), 1.0)
             self.beta_cap.fill_(sdf.beta_max * (sdf.beta_max_end / sdf.beta_max) ** done)
+        if sdf.normal_texels_end is not None:
+            done = min(max(done, 0.0), 1.0)
+            self.normal_step.fill_(sdf.normal_texels * (sdf.normal_texels_end / sdf.normal_texels) ** done)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before beta_cap existed had the fixed cap beta_max (`state_dict` is
         # load_state_dict's own copy, so the caller's dict is left as it was)
-        state_dict.setdefault(prefix + "beta_cap", torch.tensor(float(self.config.sdf.beta_max)))
+        sdf = self.config.sdf
+        state_dict.setdefault(prefix + "beta_cap", torch.tensor(float(sdf.beta_max)))
+        state_dict.setdefault(prefix + "normal_step", torch.tensor(float(sdf.normal_texels or 0.0)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def signed_distance(self, points: Tensor, with_gradient: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -129,10 +143,11 @@ class SdfTriplaneField(TriplaneField):
 
     def numerical_gradient(self, points: Tensor) -> Tensor:
         """(N, 3) gradient of s from its values at the corners of a regular tetrahedron around each point,
-        `normal_texels` texels from it: sum_k e_k s(x + h e_k) / (4 h), exact for a linear s, in four
-        evaluations instead of central differences' six."""
+        `normal_step` texels from it (normal_texels, or as far as its annealing has got): sum_k
+        e_k s(x + h e_k) / (4 h), exact for a linear s, in four evaluations instead of central differences'
+        six."""
         sdf = self.config.sdf
-        h = sdf.normal_texels * 2.0 * self.bound / (sdf.resolution - 1) / math.sqrt(3.0)
+        h = self.normal_step * 2.0 * self.bound / (sdf.resolution - 1) / math.sqrt(3.0)
         corners = points.new_tensor(TETRAHEDRON)  # (4, 3), each of length sqrt(3)
         shifted = (points[None] + h * corners[:, None]).reshape(-1, 3)
         values = self.signed_distance(shifted)[0][:, 0].view(4, -1)  # (4, N)

@@ -113,13 +113,14 @@ class SdfTriplaneField(TriplaneField):
         return low + (self.beta_cap - low) * torch.sigmoid(self.beta_logit)
 
     def anneal(self, done: float) -> None:
-        sdf = self.config.sdf
-        if sdf.beta_max_end is not None:
-            done = min(max(done, 0.0), 1.0)
-            self.beta_cap.fill_(sdf.beta_max * (sdf.beta_max_end / sdf.beta_max) ** done)
-        if sdf.normal_texels_end is not None:
-            done = min(max(done, 0.0), 1.0)
-            self.normal_step.fill_(sdf.normal_texels * (sdf.normal_texels_end / sdf.normal_texels) ** done)
+        """Both schedules are geometric, from their start at done = 0 to their end at done = 1."""
+        sdf, done = self.config.sdf, min(max(done, 0.0), 1.0)
+        for buffer, start, end in (
+            (self.beta_cap, sdf.beta_max, sdf.beta_max_end),
+            (self.normal_step, sdf.normal_texels, sdf.normal_texels_end),
+        ):
+            if end is not None:
+                buffer.fill_(start * (end / start) ** done)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before beta_cap existed had the fixed cap beta_max (`state_dict` is

@@ -248,8 +248,8 @@ class Trainer:
             keep = (weights > 0.5).nonzero().squeeze(-1)
         if keep.numel() == 0:
             return out.depth.new_zeros(())
-        normals = self.field(points[keep], with_normals=True).normals
-        neighbours = self.field(points[keep] + offsets[keep], with_normals=True).normals
+        both = torch.cat([points[keep], points[keep] + offsets[keep]])  # one field call for both sets
+        normals, neighbours = self.field(both, with_normals=True).normals.chunk(2)
         return normal_smoothness_loss(normals, neighbours, weights[keep])
 
     # -- the mesh stage ---------------------------------------------------------------------------------
